@@ -13,9 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from grpc_tools import protoc
-
 import grpc_tools
+from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
@@ -51,7 +50,11 @@ def main() -> int:
         target = ROOT / PACKAGE_DIR
         committed = sorted(p.relative_to(ROOT) for p in target.iterdir() if p.is_file()) if target.exists() else []
         if args.check:
-            drift = [str(p) for p in fresh if not (ROOT / p).exists() or not filecmp.cmp(Path(tmp) / p, ROOT / p, shallow=False)]
+            drift = [
+                str(p)
+                for p in fresh
+                if not (ROOT / p).exists() or not filecmp.cmp(Path(tmp) / p, ROOT / p, shallow=False)
+            ]
             drift += [str(p) for p in committed if p not in fresh]
             if drift:
                 print("generated code is out of date; run python scripts/gen_proto.py:", *drift, sep="\n  ")

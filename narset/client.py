@@ -1,0 +1,107 @@
+"""Python client for Narset's operator API (the CLI and tests use it).
+
+with NarsetClient("127.0.0.1:50051") as narset:
+    record = narset.submit(deploy_command("run-7", module="fc1", blueprint="lora"))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+
+import grpc
+
+from narset.v1 import command_pb2, job_pb2, operator_service_pb2_grpc, telemetry_pb2
+from narset.v1 import operator_service_pb2 as pb
+
+__all__ = ["DEFAULT_ADDRESS", "NarsetClient", "NarsetError", "resolve_address"]
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+ADDRESS_ENV = "NARSET_SERVER"
+
+
+def resolve_address(address: str | None) -> str:
+    """`address`, else $NARSET_SERVER, else the default."""
+    return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+
+
+class NarsetError(Exception):
+    """A call Narset refused or could not answer; `code` is the gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(f"{code.name}: {details}")
+
+    @classmethod
+    def from_rpc(cls, error: grpc.RpcError) -> NarsetError:
+        return cls(error.code(), error.details() or "")
+
+
+class NarsetClient:
+    """Blocking operator client over one channel; close it (or use `with`) when done."""
+
+    def __init__(self, address: str | None = None, timeout_s: float = 10.0) -> None:
+        self.address = resolve_address(address)
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(self.address)
+        self._stub = operator_service_pb2_grpc.OperatorServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> NarsetClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None):
+        self.close()
+
+    def _call(self, method: str, request):
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            raise NarsetError.from_rpc(error) from None
+
+    def list_jobs(self) -> list[job_pb2.Job]:
+        return list(self._call("ListJobs", pb.ListJobsRequest()).jobs)
+
+    def get_job(self, job_id: str) -> pb.GetJobResponse:
+        return self._call("GetJob", pb.GetJobRequest(job_id=job_id))
+
+    def list_modules(self, job_id: str) -> list[job_pb2.ModuleInfo]:
+        return list(self._call("ListModules", pb.ListModulesRequest(job_id=job_id)).modules)
+
+    def list_blueprints(self) -> list[job_pb2.Blueprint]:
+        return list(self._call("ListBlueprints", pb.ListBlueprintsRequest()).blueprints)
+
+    def submit(self, command: command_pb2.AdaptationCommand) -> pb.SubmitCommandResponse:
+        return self._call("SubmitCommand", pb.SubmitCommandRequest(command=command))
+
+    def list_scaffolds(self, job_id: str, include_ended: bool = False) -> list[job_pb2.Scaffold]:
+        request = pb.ListScaffoldsRequest(job_id=job_id, include_ended=include_ended)
+        return list(self._call("ListScaffolds", request).scaffolds)
+
+    def get_scaffold(self, job_id: str, scaffold_id: str) -> job_pb2.Scaffold:
+        return self._call("GetScaffold", pb.GetScaffoldRequest(job_id=job_id, scaffold_id=scaffold_id)).scaffold
+
+    def list_commands(self, job_id: str, states: Iterable[int] = ()) -> list[command_pb2.CommandRecord]:
+        return list(self._call("ListCommands", pb.ListCommandsRequest(job_id=job_id, states=list(states))).commands)
+
+    def list_decisions(self, job_id: str) -> list[telemetry_pb2.Decision]:
+        return list(self._call("ListDecisions", pb.ListDecisionsRequest(job_id=job_id)).decisions)
+
+    def get_policy(self, job_id: str) -> job_pb2.JobPolicy:
+        return self._call("GetPolicy", pb.GetPolicyRequest(job_id=job_id)).policy
+
+    def set_policy(self, job_id: str, policy: job_pb2.JobPolicy) -> job_pb2.JobPolicy:
+        return self._call("SetPolicy", pb.SetPolicyRequest(job_id=job_id, policy=policy)).policy
+
+    def watch(self, job_id: str = "", after_sequence: int = 0, follow: bool = True) -> Iterator[job_pb2.Event]:
+        """Events of `job_id` (or all jobs); with `follow` it blocks for new ones until cancelled."""
+        request = pb.WatchEventsRequest(job_id=job_id, after_sequence=after_sequence, follow=follow)
+        try:
+            for response in self._stub.WatchEvents(request, timeout=None if follow else self.timeout_s):
+                yield response.event
+        except grpc.RpcError as error:
+            raise NarsetError.from_rpc(error) from None

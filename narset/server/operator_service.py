@@ -1,0 +1,131 @@
+"""OperatorService: what the `narset` CLI and the Python client call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from narset.errors import Refusal
+from narset.events import EventHub
+from narset.job_policy import default_job_policy, validate_job_policy
+from narset.ledger import CommandLedger
+from narset.server._refusals import refusals_as_status
+from narset.stages import OCCUPYING_STAGES
+from narset.store import Store
+from narset.v1 import job_pb2, operator_service_pb2_grpc
+from narset.v1 import operator_service_pb2 as pb
+
+__all__ = ["OperatorService"]
+
+
+class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
+    def __init__(self, store: Store, ledger: CommandLedger, events: EventHub) -> None:
+        self._store = store
+        self._ledger = ledger
+        self._events = events
+
+    def _job(self, job_id: str) -> job_pb2.Job:
+        if not job_id:
+            raise Refusal.invalid("job_id", "is required")
+        job = self._store.get_job(job_id)
+        if job is None:
+            raise Refusal.not_found("job_id", f"no job '{job_id}'")
+        return job
+
+    def _policy(self, job_id: str) -> job_pb2.JobPolicy:
+        return self._store.get_policy(job_id) or default_job_policy()
+
+    @refusals_as_status
+    async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
+        return pb.ListJobsResponse(jobs=self._store.list_jobs())
+
+    @refusals_as_status
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
+        job = self._job(request.job_id)
+        return pb.GetJobResponse(
+            job=job, policy=self._policy(job.job_id), embargoes=self._store.list_embargoes(job.job_id)
+        )
+
+    @refusals_as_status
+    async def ListModules(
+        self, request: pb.ListModulesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModulesResponse:
+        job = self._job(request.job_id)
+        return pb.ListModulesResponse(modules=self._store.list_modules(job.job_id))
+
+    @refusals_as_status
+    async def ListBlueprints(
+        self, request: pb.ListBlueprintsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListBlueprintsResponse:
+        return pb.ListBlueprintsResponse(blueprints=self._store.list_blueprints())
+
+    @refusals_as_status
+    async def SubmitCommand(
+        self, request: pb.SubmitCommandRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitCommandResponse:
+        record, duplicate = self._ledger.submit(request.command)
+        return pb.SubmitCommandResponse(record=record, duplicate=duplicate)
+
+    @refusals_as_status
+    async def ListScaffolds(
+        self, request: pb.ListScaffoldsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListScaffoldsResponse:
+        job = self._job(request.job_id)
+        stages = () if request.include_ended else OCCUPYING_STAGES
+        return pb.ListScaffoldsResponse(scaffolds=self._store.list_scaffolds(job.job_id, stages))
+
+    @refusals_as_status
+    async def GetScaffold(
+        self, request: pb.GetScaffoldRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetScaffoldResponse:
+        job = self._job(request.job_id)
+        scaffold = self._store.get_scaffold(job.job_id, request.scaffold_id)
+        if scaffold is None:
+            raise Refusal.not_found("scaffold_id", f"job '{job.job_id}' has no scaffold '{request.scaffold_id}'")
+        scaffold.history.extend(self._store.scaffold_history(job.job_id, scaffold.scaffold_id))
+        return pb.GetScaffoldResponse(scaffold=scaffold)
+
+    @refusals_as_status
+    async def ListCommands(
+        self, request: pb.ListCommandsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCommandsResponse:
+        job = self._job(request.job_id)
+        return pb.ListCommandsResponse(commands=self._store.list_commands(job.job_id, request.states))
+
+    @refusals_as_status
+    async def ListDecisions(
+        self, request: pb.ListDecisionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDecisionsResponse:
+        job = self._job(request.job_id)
+        return pb.ListDecisionsResponse(decisions=self._store.list_decisions(job.job_id))
+
+    @refusals_as_status
+    async def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.GetPolicyResponse:
+        job = self._job(request.job_id)
+        return pb.GetPolicyResponse(policy=self._policy(job.job_id))
+
+    @refusals_as_status
+    async def SetPolicy(self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.SetPolicyResponse:
+        job = self._job(request.job_id)
+        validate_job_policy(request.policy, {b.name for b in self._store.list_blueprints()})
+        with self._store.transaction():
+            self._store.put_policy(job.job_id, request.policy)
+            self._events.emit(
+                job.job_id,
+                job_pb2.EVENT_KIND_POLICY_CHANGED,
+                f"policy changed (auto {'on' if request.policy.auto.enabled else 'off'})",
+            )
+        return pb.SetPolicyResponse(policy=request.policy)
+
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchEventsResponse]:
+        if request.job_id and self._store.get_job(request.job_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job '{request.job_id}'")
+        if request.after_sequence < 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"after_sequence: must be >= 0, got {request.after_sequence}"
+            )
+        async for event in self._events.watch(request.job_id, request.after_sequence, request.follow):
+            yield pb.WatchEventsResponse(event=event)

@@ -1,0 +1,30 @@
+"""Groupings of scaffold stages that Narset's rules are written in."""
+
+from __future__ import annotations
+
+from narset.v1 import telemetry_pb2
+
+__all__ = ["ENDED_STAGES", "LIVE_STAGES", "OCCUPYING_STAGES", "stage_name"]
+
+_S = telemetry_pb2
+
+# A live scaffold counts against the job's budgets and can be folded, pruned, persisted, paused.
+LIVE_STAGES = frozenset(
+    {
+        _S.SCAFFOLD_STAGE_PENDING,
+        _S.SCAFFOLD_STAGE_TRAIN_ISOLATED,
+        _S.SCAFFOLD_STAGE_GRAFTING,
+        _S.SCAFFOLD_STAGE_HOLD,
+        _S.SCAFFOLD_STAGE_DECAY,
+        _S.SCAFFOLD_STAGE_EVALUATING,
+        _S.SCAFFOLD_STAGE_SUNSET,
+    }
+)
+# A module holding one of these has a seed on it already: no second deploy there.
+OCCUPYING_STAGES = LIVE_STAGES | {_S.SCAFFOLD_STAGE_PERMANENT}
+ENDED_STAGES = frozenset({_S.SCAFFOLD_STAGE_FUSED, _S.SCAFFOLD_STAGE_PRUNED})
+
+
+def stage_name(stage: int) -> str:
+    """`SCAFFOLD_STAGE_GRAFTING` -> `GRAFTING`."""
+    return telemetry_pb2.ScaffoldStage.Name(stage).removeprefix("SCAFFOLD_STAGE_")

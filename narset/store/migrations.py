@@ -1,0 +1,91 @@
+"""Schema migrations of the Narset store, applied in order inside one transaction each.
+
+Append a new entry to change the schema; never edit an applied one. `PRAGMA user_version`
+records how many have run.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS"]
+
+# Complex sub-objects are stored as serialized protobuf (`body`), with the columns that queries
+# filter or order on kept alongside.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY,
+        state INTEGER NOT NULL,
+        session_id TEXT NOT NULL,
+        last_boundary INTEGER NOT NULL DEFAULT 0,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE modules (
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        name TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (job_id, name)
+    );
+    CREATE TABLE blueprints (
+        name TEXT PRIMARY KEY,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE commands (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        command_id TEXT NOT NULL UNIQUE,
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        state INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        scaffold_id TEXT NOT NULL DEFAULT '',
+        body BLOB NOT NULL
+    );
+    CREATE INDEX commands_by_job_state ON commands (job_id, state, seq);
+    CREATE TABLE scaffolds (
+        scaffold_id TEXT NOT NULL,
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        module TEXT NOT NULL,
+        region TEXT NOT NULL,
+        stage INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (job_id, scaffold_id)
+    );
+    CREATE TABLE scaffold_history (
+        job_id TEXT NOT NULL,
+        scaffold_id TEXT NOT NULL,
+        boundary INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (job_id, scaffold_id, boundary)
+    );
+    CREATE TABLE reports (
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        boundary INTEGER NOT NULL,
+        received_at REAL NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (job_id, boundary)
+    );
+    CREATE TABLE decisions (
+        decision_id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        boundary INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE INDEX decisions_by_job ON decisions (job_id, boundary);
+    CREATE TABLE policies (
+        job_id TEXT PRIMARY KEY REFERENCES jobs(job_id),
+        body BLOB NOT NULL
+    );
+    CREATE TABLE embargoes (
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        region TEXT NOT NULL,
+        until_boundary INTEGER NOT NULL,
+        failures INTEGER NOT NULL,
+        PRIMARY KEY (job_id, region)
+    );
+    CREATE TABLE events (
+        sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE INDEX events_by_job ON events (job_id, sequence);
+    """,
+)

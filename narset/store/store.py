@@ -1,0 +1,306 @@
+"""The durable store of Narset: SQLite in WAL mode behind a small repository API.
+
+Every write happens inside `transaction()`, committed before the RPC that caused it answers, with
+`synchronous=FULL`, so nothing acknowledged is lost on `kill -9`. One connection, used from the
+server's event-loop thread only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import structlog
+
+from narset.stages import LIVE_STAGES, OCCUPYING_STAGES
+from narset.store.migrations import MIGRATIONS
+from narset.v1 import command_pb2, job_pb2, telemetry_pb2
+
+__all__ = ["Store"]
+
+log = structlog.get_logger("narset.store")
+
+
+def _in(values: Iterable[int]) -> str:
+    return "(" + ",".join(str(int(v)) for v in values) + ")"
+
+
+class Store:
+    """Repository over one SQLite file; all methods are synchronous and short."""
+
+    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
+        self._db = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        """Open (creating if needed) and migrate the database at `path`."""
+        path = str(path)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=5000")
+        store = cls(db, path)
+        store._migrate()
+        return store
+
+    def close(self) -> None:
+        """Close the connection, checkpointing the WAL into the main file; safe twice."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database {self.path} has schema version {version}, newer than this Narset "
+                f"({len(MIGRATIONS)}); upgrade Narset"
+            )
+        for index in range(version, len(MIGRATIONS)):
+            with self.transaction():
+                for statement in MIGRATIONS[index].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={index + 1}")
+            log.info("store.migrated", path=self.path, schema_version=index + 1)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All-or-nothing group of writes; nested use joins the outer transaction."""
+        if self._db.in_transaction:
+            yield
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # jobs ---------------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> job_pb2.Job | None:
+        row = self._db.execute("SELECT body FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return job_pb2.Job.FromString(row[0]) if row else None
+
+    def list_jobs(self) -> list[job_pb2.Job]:
+        rows = self._db.execute("SELECT body FROM jobs ORDER BY job_id").fetchall()
+        return [job_pb2.Job.FromString(r[0]) for r in rows]
+
+    def put_job(self, job: job_pb2.Job) -> None:
+        self._db.execute(
+            "INSERT INTO jobs (job_id, state, session_id, last_boundary, body) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(job_id) DO UPDATE SET state = excluded.state, session_id = excluded.session_id, "
+            "last_boundary = excluded.last_boundary, body = excluded.body",
+            (job.job_id, job.state, job.session_id, job.last_boundary, job.SerializeToString()),
+        )
+
+    def replace_modules(self, job_id: str, modules: Iterable[job_pb2.ModuleInfo]) -> None:
+        self._db.execute("DELETE FROM modules WHERE job_id = ?", (job_id,))
+        self._db.executemany(
+            "INSERT INTO modules (job_id, name, position, body) VALUES (?, ?, ?, ?)",
+            [(job_id, m.name, i, m.SerializeToString()) for i, m in enumerate(modules)],
+        )
+
+    def list_modules(self, job_id: str) -> list[job_pb2.ModuleInfo]:
+        rows = self._db.execute("SELECT body FROM modules WHERE job_id = ? ORDER BY position", (job_id,))
+        return [job_pb2.ModuleInfo.FromString(r[0]) for r in rows.fetchall()]
+
+    def get_module(self, job_id: str, name: str) -> job_pb2.ModuleInfo | None:
+        row = self._db.execute("SELECT body FROM modules WHERE job_id = ? AND name = ?", (job_id, name)).fetchone()
+        return job_pb2.ModuleInfo.FromString(row[0]) if row else None
+
+    # blueprints ---------------------------------------------------------------------------------
+
+    def put_blueprint(self, blueprint: job_pb2.Blueprint) -> None:
+        self._db.execute(
+            "INSERT INTO blueprints (name, body) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET body = excluded.body",
+            (blueprint.name, blueprint.SerializeToString()),
+        )
+
+    def get_blueprint(self, name: str) -> job_pb2.Blueprint | None:
+        row = self._db.execute("SELECT body FROM blueprints WHERE name = ?", (name,)).fetchone()
+        return job_pb2.Blueprint.FromString(row[0]) if row else None
+
+    def list_blueprints(self) -> list[job_pb2.Blueprint]:
+        rows = self._db.execute("SELECT body FROM blueprints ORDER BY name").fetchall()
+        return [job_pb2.Blueprint.FromString(r[0]) for r in rows]
+
+    # commands -----------------------------------------------------------------------------------
+
+    def get_command(self, command_id: str) -> command_pb2.CommandRecord | None:
+        row = self._db.execute("SELECT body FROM commands WHERE command_id = ?", (command_id,)).fetchone()
+        return command_pb2.CommandRecord.FromString(row[0]) if row else None
+
+    def put_command(self, record: command_pb2.CommandRecord) -> None:
+        """Insert a new command at the end of the ledger, or update an existing one in place."""
+        command = record.command
+        self._db.execute(
+            "INSERT INTO commands (command_id, job_id, state, action, scaffold_id, body) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(command_id) DO UPDATE SET state = excluded.state, scaffold_id = excluded.scaffold_id, "
+            "body = excluded.body",
+            (
+                command.command_id,
+                command.job_id,
+                record.state,
+                command.WhichOneof("action") or "",
+                record.scaffold_id,
+                record.SerializeToString(),
+            ),
+        )
+
+    def list_commands(self, job_id: str, states: Iterable[int] = ()) -> list[command_pb2.CommandRecord]:
+        states = list(states)
+        where = f" AND state IN {_in(states)}" if states else ""
+        rows = self._db.execute(f"SELECT body FROM commands WHERE job_id = ?{where} ORDER BY seq", (job_id,))
+        return [command_pb2.CommandRecord.FromString(r[0]) for r in rows.fetchall()]
+
+    def count_commands(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM commands").fetchone()[0]
+
+    # scaffolds ----------------------------------------------------------------------------------
+
+    def put_scaffold(self, scaffold: job_pb2.Scaffold) -> None:
+        stored = job_pb2.Scaffold()
+        stored.CopyFrom(scaffold)
+        del stored.history[:]
+        self._db.execute(
+            "INSERT INTO scaffolds (scaffold_id, job_id, module, region, stage, body) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(job_id, scaffold_id) DO UPDATE SET module = excluded.module, region = excluded.region, "
+            "stage = excluded.stage, body = excluded.body",
+            (
+                scaffold.scaffold_id,
+                scaffold.job_id,
+                scaffold.module,
+                scaffold.region,
+                scaffold.stage,
+                stored.SerializeToString(),
+            ),
+        )
+
+    def delete_scaffold(self, job_id: str, scaffold_id: str) -> None:
+        self._db.execute("DELETE FROM scaffold_history WHERE job_id = ? AND scaffold_id = ?", (job_id, scaffold_id))
+        self._db.execute("DELETE FROM scaffolds WHERE job_id = ? AND scaffold_id = ?", (job_id, scaffold_id))
+
+    def get_scaffold(self, job_id: str, scaffold_id: str) -> job_pb2.Scaffold | None:
+        row = self._db.execute(
+            "SELECT body FROM scaffolds WHERE job_id = ? AND scaffold_id = ?", (job_id, scaffold_id)
+        ).fetchone()
+        return job_pb2.Scaffold.FromString(row[0]) if row else None
+
+    def list_scaffolds(self, job_id: str, stages: Iterable[int] = ()) -> list[job_pb2.Scaffold]:
+        stages = list(stages)
+        where = f" AND stage IN {_in(stages)}" if stages else ""
+        rows = self._db.execute(f"SELECT body FROM scaffolds WHERE job_id = ?{where} ORDER BY rowid", (job_id,))
+        return [job_pb2.Scaffold.FromString(r[0]) for r in rows.fetchall()]
+
+    def live_scaffolds(self, job_id: str) -> list[job_pb2.Scaffold]:
+        return self.list_scaffolds(job_id, LIVE_STAGES)
+
+    def occupying_scaffold(self, job_id: str, module: str) -> job_pb2.Scaffold | None:
+        """The scaffold (or permanent seed) holding `module` now, if any."""
+        row = self._db.execute(
+            f"SELECT body FROM scaffolds WHERE job_id = ? AND module = ? AND stage IN {_in(OCCUPYING_STAGES)}",
+            (job_id, module),
+        ).fetchone()
+        return job_pb2.Scaffold.FromString(row[0]) if row else None
+
+    def add_scaffold_history(self, job_id: str, scaffold_id: str, entry: job_pb2.ScaffoldBoundary) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO scaffold_history (job_id, scaffold_id, boundary, body) VALUES (?, ?, ?, ?)",
+            (job_id, scaffold_id, entry.boundary, entry.SerializeToString()),
+        )
+
+    def scaffold_history(self, job_id: str, scaffold_id: str) -> list[job_pb2.ScaffoldBoundary]:
+        rows = self._db.execute(
+            "SELECT body FROM scaffold_history WHERE job_id = ? AND scaffold_id = ? ORDER BY boundary",
+            (job_id, scaffold_id),
+        )
+        return [job_pb2.ScaffoldBoundary.FromString(r[0]) for r in rows.fetchall()]
+
+    # reports ------------------------------------------------------------------------------------
+
+    def put_report(self, job_id: str, boundary: int, received_at: float, body: bytes) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO reports (job_id, boundary, received_at, body) VALUES (?, ?, ?, ?)",
+            (job_id, boundary, received_at, body),
+        )
+
+    def report_bodies(self, job_id: str, since_boundary: int = 0) -> list[tuple[int, bytes]]:
+        rows = self._db.execute(
+            "SELECT boundary, body FROM reports WHERE job_id = ? AND boundary >= ? ORDER BY boundary",
+            (job_id, since_boundary),
+        )
+        return rows.fetchall()
+
+    # decisions ----------------------------------------------------------------------------------
+
+    def put_decision(self, decision: telemetry_pb2.Decision) -> None:
+        self._db.execute(
+            "INSERT INTO decisions (decision_id, job_id, boundary, body) VALUES (?, ?, ?, ?)",
+            (decision.decision_id, decision.job_id, decision.boundary, decision.SerializeToString()),
+        )
+
+    def list_decisions(self, job_id: str) -> list[telemetry_pb2.Decision]:
+        rows = self._db.execute("SELECT body FROM decisions WHERE job_id = ? ORDER BY boundary, rowid", (job_id,))
+        return [telemetry_pb2.Decision.FromString(r[0]) for r in rows.fetchall()]
+
+    # policies and embargoes ---------------------------------------------------------------------
+
+    def get_policy(self, job_id: str) -> job_pb2.JobPolicy | None:
+        row = self._db.execute("SELECT body FROM policies WHERE job_id = ?", (job_id,)).fetchone()
+        return job_pb2.JobPolicy.FromString(row[0]) if row else None
+
+    def put_policy(self, job_id: str, policy: job_pb2.JobPolicy) -> None:
+        self._db.execute(
+            "INSERT INTO policies (job_id, body) VALUES (?, ?) ON CONFLICT(job_id) DO UPDATE SET body = excluded.body",
+            (job_id, policy.SerializeToString()),
+        )
+
+    def list_embargoes(self, job_id: str) -> list[job_pb2.RegionEmbargo]:
+        rows = self._db.execute(
+            "SELECT region, until_boundary, failures FROM embargoes WHERE job_id = ? ORDER BY region", (job_id,)
+        )
+        return [job_pb2.RegionEmbargo(region=r, until_boundary=u, failures=f) for r, u, f in rows.fetchall()]
+
+    def put_embargo(self, job_id: str, embargo: job_pb2.RegionEmbargo) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO embargoes (job_id, region, until_boundary, failures) VALUES (?, ?, ?, ?)",
+            (job_id, embargo.region, embargo.until_boundary, embargo.failures),
+        )
+
+    # events -------------------------------------------------------------------------------------
+
+    def append_event(self, event: job_pb2.Event) -> job_pb2.Event:
+        """Store `event` and return it with its sequence number."""
+        cursor = self._db.execute(
+            "INSERT INTO events (job_id, body) VALUES (?, ?)", (event.job_id, event.SerializeToString())
+        )
+        stored = job_pb2.Event()
+        stored.CopyFrom(event)
+        stored.sequence = cursor.lastrowid
+        return stored
+
+    def events_after(self, sequence: int, job_id: str = "", limit: int = 500) -> list[job_pb2.Event]:
+        if job_id:
+            rows = self._db.execute(
+                "SELECT sequence, body FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (job_id, sequence, limit),
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT sequence, body FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?", (sequence, limit)
+            )
+        events = []
+        for seq, body in rows.fetchall():
+            event = job_pb2.Event.FromString(body)
+            event.sequence = seq
+            events.append(event)
+        return events
