@@ -1,44 +1,21 @@
 """Fixtures: a real Narset server on a loopback port (in a background thread, so that blocking
-clients and the in-process CLI can talk to it), stubs, and a way to attach a job."""
+clients and the in-process CLI can talk to it), a client and a worker stub."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from narset_testing import ServerThread
 
 from narset.client import NarsetClient
-from narset.server import NarsetServer
-from narset.settings import ServerSettings
-from narset.v1 import job_pb2, worker_service_pb2, worker_service_pb2_grpc
+from narset.logs import configure_logging
+from narset.v1 import worker_service_pb2_grpc
 
-
-class ServerThread:
-    """A NarsetServer running on its own event loop in a daemon thread."""
-
-    def __init__(self, db_path: Path, **settings: object) -> None:
-        self.settings = ServerSettings(address="127.0.0.1:0", db_path=db_path, grace_s=1.0, **settings)
-        self.server = NarsetServer(self.settings)
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> ServerThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=30)
-        return self
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(0.5), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
+# Server logs go to stderr, as in `narset serve`, so stdout holds only what the CLI prints.
+configure_logging("info", "console")
 
 
 @pytest.fixture
@@ -64,53 +41,3 @@ def worker_stub(server: ServerThread) -> Iterator[worker_service_pb2_grpc.Worker
     channel = grpc.insecure_channel(server.address)
     yield worker_service_pb2_grpc.WorkerServiceStub(channel)
     channel.close()
-
-
-def linear(name: str, fan_in: int, fan_out: int, type_name: str = "Linear") -> job_pb2.ModuleInfo:
-    weight_shape = [fan_out, fan_in] if type_name == "Linear" else [fan_in, fan_out]
-    return job_pb2.ModuleInfo(
-        name=name,
-        type=type_name,
-        in_features=fan_in,
-        out_features=fan_out,
-        parameters=[
-            job_pb2.ParameterInfo(name="weight", shape=weight_shape, dtype="float32"),
-            job_pb2.ParameterInfo(name="bias", shape=[fan_out], dtype="float32"),
-        ],
-    )
-
-
-MODULES = [
-    linear("encoder.fc1", 16, 32),
-    linear("encoder.fc2", 32, 32),
-    linear("decoder.fc1", 32, 32),
-    linear("decoder.fc2", 32, 8),
-    linear("decoder.proj", 8, 8),
-    linear("h.0.attn.c_attn", 8, 24, "Conv1D"),
-    job_pb2.ModuleInfo(name="encoder.act", type="ReLU"),
-    job_pb2.ModuleInfo(name="moe", type="TopKMoE", in_features=8, out_features=8, traits=["moe"]),
-    linear("head", 8, 4),
-]
-REGIONS = [
-    job_pb2.Region(name="encoder", patterns=["encoder.*"]),
-    job_pb2.Region(name="decoder", patterns=["decoder.*"]),
-    job_pb2.Region(name="head", patterns=["head"], protected=True),
-]
-
-
-def attach_request(job_id: str = "run-7", **fields: object) -> worker_service_pb2.AttachRequest:
-    request = worker_service_pb2.AttachRequest(
-        job_id=job_id,
-        world_size=1,
-        ranks=[job_pb2.RankInfo(rank=0, hostname="localhost", pid=1, device="cpu")],
-        modules=MODULES,
-        regions=REGIONS,
-        capabilities=job_pb2.WorkerCapabilities(protocol_version=1, blueprints=["lora", "dense_delta"]),
-    )
-    for name, value in fields.items():
-        field = getattr(request, name)
-        if hasattr(field, "CopyFrom"):
-            field.CopyFrom(value)
-        else:
-            setattr(request, name, value)
-    return request

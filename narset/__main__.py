@@ -1,0 +1,7 @@
+"""`python -m narset` is the `narset` command."""
+
+import sys
+
+from narset.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""Helpers for Narset tests: a server in a background thread and a job's registration."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from narset.server import NarsetServer
+from narset.settings import ServerSettings
+from narset.v1 import job_pb2, worker_service_pb2
+
+__all__ = ["MODULES", "REGIONS", "ServeProcess", "ServerThread", "attach_request", "linear"]
+
+
+class ServerThread:
+    """A NarsetServer running on its own event loop in a daemon thread."""
+
+    def __init__(self, db_path: Path, **settings: object) -> None:
+        self.settings = ServerSettings(address="127.0.0.1:0", db_path=db_path, grace_s=1.0, **settings)
+        self.server = NarsetServer(self.settings)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(timeout=30)
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(0.5), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+def linear(name: str, fan_in: int, fan_out: int, type_name: str = "Linear") -> job_pb2.ModuleInfo:
+    weight_shape = [fan_out, fan_in] if type_name == "Linear" else [fan_in, fan_out]
+    return job_pb2.ModuleInfo(
+        name=name,
+        type=type_name,
+        in_features=fan_in,
+        out_features=fan_out,
+        parameters=[
+            job_pb2.ParameterInfo(name="weight", shape=weight_shape, dtype="float32"),
+            job_pb2.ParameterInfo(name="bias", shape=[fan_out], dtype="float32"),
+        ],
+    )
+
+
+MODULES = [
+    linear("encoder.fc1", 16, 32),
+    linear("encoder.fc2", 32, 32),
+    linear("decoder.fc1", 32, 32),
+    linear("decoder.fc2", 32, 8),
+    linear("decoder.proj", 8, 8),
+    linear("h.0.attn.c_attn", 8, 24, "Conv1D"),
+    job_pb2.ModuleInfo(name="encoder.act", type="ReLU"),
+    job_pb2.ModuleInfo(name="moe", type="TopKMoE", in_features=8, out_features=8, traits=["moe"]),
+    linear("head", 8, 4),
+]
+REGIONS = [
+    job_pb2.Region(name="encoder", patterns=["encoder.*"]),
+    job_pb2.Region(name="decoder", patterns=["decoder.*"]),
+    job_pb2.Region(name="head", patterns=["head"], protected=True),
+]
+
+
+def attach_request(job_id: str = "run-7", **fields: object) -> worker_service_pb2.AttachRequest:
+    request = worker_service_pb2.AttachRequest(
+        job_id=job_id,
+        world_size=1,
+        ranks=[job_pb2.RankInfo(rank=0, hostname="localhost", pid=1, device="cpu")],
+        modules=MODULES,
+        regions=REGIONS,
+        capabilities=job_pb2.WorkerCapabilities(protocol_version=1, blueprints=["lora", "dense_delta"]),
+    )
+    for name, value in fields.items():
+        field = getattr(request, name)
+        if hasattr(field, "CopyFrom"):
+            field.CopyFrom(value)
+        else:
+            setattr(request, name, value)
+    return request
+
+
+class ServeProcess:
+    """`narset serve` as a real child process on a free loopback port."""
+
+    def __init__(self, db_path: Path, grace_s: float = 3.0) -> None:
+        argv = [sys.executable, "-m", "narset", "serve", "--address", "127.0.0.1:0", "--db", str(db_path)]
+        argv += ["--grace", str(grace_s), "--log-format", "json"]
+        self.process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        self.address = self._wait_started()
+
+    def _wait_started(self, timeout_s: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line:
+                raise RuntimeError(f"narset serve exited with {self.process.wait()} before listening")
+            record = json.loads(line)
+            if record.get("event") == "server.started":
+                # Keep draining stderr so the server never blocks on a full pipe.
+                threading.Thread(target=self.process.stderr.read, daemon=True).start()
+                return record["address"]
+        raise TimeoutError("narset serve did not start listening")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)

@@ -1,0 +1,65 @@
+"""`narset serve` as a process: durability across kill -9, health, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from narset_testing import ServeProcess, attach_request
+
+from narset.client import NarsetClient
+from narset.v1 import command_pb2, job_pb2, worker_service_pb2, worker_service_pb2_grpc
+
+
+def test_acknowledged_command_survives_kill_9(tmp_path):
+    """After kill -9 and a restart on the same database, the job, the command and its state are all there."""
+    db = tmp_path / "narset.db"
+    first = ServeProcess(db)
+    try:
+        with grpc.insecure_channel(first.address) as channel:
+            attached = worker_service_pb2_grpc.WorkerServiceStub(channel).Attach(attach_request("run-7"))
+            with NarsetClient(first.address) as client:
+                command = command_pb2.AdaptationCommand(command_id="dep-1", job_id="run-7")
+                command.deploy.module = "encoder.fc1"
+                command.deploy.blueprint = "lora"
+                client.submit(command)
+                worker_service_pb2_grpc.WorkerServiceStub(channel).ReportBoundary(
+                    worker_service_pb2.ReportBoundaryRequest(
+                        job_id="run-7", session_id=attached.session_id, boundary=1, step=10
+                    )
+                )
+                before = client.list_commands("run-7")
+    finally:
+        first.kill()
+    assert first.process.returncode == -9
+    second = ServeProcess(db)
+    try:
+        with NarsetClient(second.address) as client:
+            [job] = client.list_jobs()
+            assert (job.job_id, job.last_boundary) == ("run-7", 1)
+            assert client.list_commands("run-7") == before
+            assert before[0].state == command_pb2.COMMAND_STATE_DELIVERED
+            assert [m.name for m in client.list_modules("run-7")][:2] == ["encoder.fc1", "encoder.fc2"]
+    finally:
+        assert second.terminate() == 0
+
+
+def test_health_serving_then_sigterm_exits_zero_within_grace(tmp_path):
+    """Health says SERVING while up; SIGTERM ends the process with code 0 inside the grace period."""
+    server = ServeProcess(tmp_path / "narset.db", grace_s=3.0)
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "narset.v1.WorkerService", "narset.v1.OperatorService"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        # A following watch stream is open during shutdown: it must not hold the server past its grace.
+        with NarsetClient(server.address) as client:
+            channel_ready = grpc.insecure_channel(server.address)
+            worker_service_pb2_grpc.WorkerServiceStub(channel_ready).Attach(attach_request("run-7"))
+            stream = client.watch("run-7", follow=True)
+            assert next(stream).kind == job_pb2.EVENT_KIND_JOB_ATTACHED
+            started = time.monotonic()
+            assert server.terminate() == 0
+            assert time.monotonic() - started < 3.0 + 2.0
+            channel_ready.close()

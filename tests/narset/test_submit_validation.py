@@ -1,0 +1,274 @@
+"""Submit-time validation: each refusal has its status code, names its field, and changes nothing."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from narset_testing import attach_request
+
+from narset.cli import main
+from narset.client import NarsetError
+from narset.store import Store
+from narset.v1 import command_pb2, job_pb2, worker_service_pb2
+
+
+def deploy(
+    module: str, blueprint: str = "lora", job: str = "run-7", command_id: str = "", **fields
+) -> command_pb2.AdaptationCommand:
+    command = command_pb2.AdaptationCommand(job_id=job, command_id=command_id)
+    command.deploy.module = module
+    command.deploy.blueprint = blueprint
+    for name, value in fields.items():
+        if name == "params":
+            command.deploy.blueprint_params.update(value)
+        elif name == "policy":
+            command.deploy.policy.CopyFrom(value)
+        else:
+            setattr(command.deploy, name, value)
+    return command
+
+
+def ledger_snapshot(client, job: str = "run-7") -> tuple:
+    return (
+        [r.SerializeToString() for r in client.list_commands(job)],
+        [s.SerializeToString() for s in client.list_scaffolds(job, include_ended=True)],
+        [e.sequence for e in client.watch(job, follow=False)],
+    )
+
+
+@pytest.fixture
+def attached(worker_stub) -> worker_service_pb2.AttachResponse:
+    return worker_stub.Attach(attach_request("run-7"))
+
+
+def policy(**fields) -> command_pb2.ScaffoldPolicy:
+    schedule = {k: fields.pop(k) for k in list(fields) if k in command_pb2.AlphaSchedule.DESCRIPTOR.fields_by_name}
+    return command_pb2.ScaffoldPolicy(schedule=command_pb2.AlphaSchedule(**schedule), **fields)
+
+
+REFUSALS = {
+    "unknown job": (deploy("encoder.fc1", job="nope"), grpc.StatusCode.NOT_FOUND, "command.job_id"),
+    "no action": (command_pb2.AdaptationCommand(job_id="run-7"), grpc.StatusCode.INVALID_ARGUMENT, "command.action"),
+    "bad command id": (
+        command_pb2.AdaptationCommand(command_id="has space", job_id="run-7", deploy={"module": "encoder.fc1"}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "command.command_id",
+    ),
+    "unknown module": (deploy("encoder.fc9"), grpc.StatusCode.NOT_FOUND, "deploy.module"),
+    "unknown blueprint": (deploy("encoder.fc1", "hypernet"), grpc.StatusCode.NOT_FOUND, "deploy.blueprint"),
+    "blueprint wrong host type": (
+        deploy("h.0.attn.c_attn", "dense_delta"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.blueprint",
+    ),
+    "blueprint needs moe trait": (
+        deploy("encoder.fc1", "moe_expert"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.blueprint",
+    ),
+    "host without feature sizes": (
+        deploy("encoder.act", "residual_mlp"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.module",
+    ),
+    "lora rank larger than the layer": (
+        deploy("decoder.proj", params={"rank": 16}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.blueprint_params.rank",
+    ),
+    "unknown blueprint parameter": (
+        deploy("encoder.fc1", params={"depth": 2}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.blueprint_params.depth",
+    ),
+    "fractional rank": (
+        deploy("encoder.fc1", params={"rank": 2.5}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.blueprint_params.rank",
+    ),
+    "negative ttl": (
+        deploy("encoder.fc1", policy=policy(ttl_ckpts=-1)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.policy.ttl_ckpts",
+    ),
+    "warm level above 1": (
+        deploy("encoder.fc1", policy=policy(warm_level=1.5)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.policy.schedule.warm_level",
+    ),
+    "negative floor": (
+        deploy("encoder.fc1", policy=policy(floor=-0.1)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.policy.schedule.floor",
+    ),
+    "negative warmup": (
+        deploy("encoder.fc1", policy=policy(warmup_ckpts=-2)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.policy.schedule.warmup_ckpts",
+    ),
+    "schedule longer than ttl": (
+        deploy("encoder.fc1", policy=policy(ttl_ckpts=6, warmup_ckpts=2, hold_ckpts=3, decay_ckpts=7)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.policy.ttl_ckpts",
+    ),
+    "kd temperature zero": (
+        deploy("encoder.fc1", policy=command_pb2.ScaffoldPolicy(teaching={"kd": {"weight": 1.0, "tau": 0.0}})),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.policy.teaching.kd.tau",
+    ),
+    "nan learning rate": (
+        deploy("encoder.fc1", learning_rate=float("nan")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.learning_rate",
+    ),
+    "unknown region": (deploy("encoder.fc1", region="middle"), grpc.StatusCode.NOT_FOUND, "deploy.region"),
+    "module outside the named region": (
+        deploy("encoder.fc1", region="decoder"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "deploy.region",
+    ),
+    "protected region": (deploy("head", params={"rank": 2}), grpc.StatusCode.FAILED_PRECONDITION, "deploy.region"),
+    "fold of an unknown scaffold": (
+        command_pb2.AdaptationCommand(job_id="run-7", fold={"scaffold": {"scaffold_id": "ghost"}}),
+        grpc.StatusCode.NOT_FOUND,
+        "fold.scaffold.scaffold_id",
+    ),
+    "prune on a module without scaffold": (
+        command_pb2.AdaptationCommand(job_id="run-7", prune={"scaffold": {"module": "encoder.fc2"}}),
+        grpc.StatusCode.NOT_FOUND,
+        "prune.scaffold.module",
+    ),
+    "persist without a target": (
+        command_pb2.AdaptationCommand(job_id="run-7", persist={}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "persist.scaffold",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refusal_names_field_and_changes_nothing(client, attached, case):
+    """Each malformed or impossible command is refused with its status, naming the field."""
+    command, code, field = REFUSALS[case]
+    before = ledger_snapshot(client)
+    with pytest.raises(NarsetError) as refused:
+        client.submit(command)
+    assert refused.value.code == code, refused.value.details
+    assert refused.value.details.startswith(field + ":"), refused.value.details
+    assert ledger_snapshot(client) == before
+
+
+def test_deploy_by_cli_creates_one_pending_command(server, client, attached, capsys):
+    """`narset deploy` creates exactly one PENDING command and a PENDING scaffold."""
+    argv = ["deploy", "run-7", "--module", "encoder.fc1", "--blueprint", "lora", "--param", "rank=4"]
+    argv += ["--warmup", "1", "--hold", "2", "--ttl", "5", "--server", server.address, "--id", "dep-1"]
+    assert main(argv) == 0
+    assert "PENDING" in capsys.readouterr().out
+    [record] = client.list_commands("run-7")
+    assert record.state == command_pb2.COMMAND_STATE_PENDING
+    assert record.command.command_id == "dep-1"
+    assert record.command.deploy.blueprint_params["rank"] == 4
+    assert record.command.deploy.region == "encoder"
+    [scaffold] = client.list_scaffolds("run-7")
+    assert scaffold.scaffold_id == "dep-1"
+    assert scaffold.policy.ttl_ckpts == 5
+    assert scaffold.policy.schedule.warm_level == 0.5  # micro size class
+
+
+def test_same_command_id_twice_yields_one_command(server, client, attached, capsys):
+    """Resubmitting a command id returns the original, even when the state would now refuse a new one."""
+    argv = ["deploy", "run-7", "--module", "encoder.fc1", "--blueprint", "lora", "--id", "dep-1"]
+    assert main([*argv, "--server", server.address]) == 0
+    assert main([*argv, "--server", server.address, "--reason", "again"]) == 0
+    assert "already submitted" in capsys.readouterr().out
+    [original] = client.list_commands("run-7")
+    assert original.command.command_id == "dep-1" and original.command.reason == ""
+    # A fresh deploy on that module would now be refused; the same id is answered with the original.
+    response = client.submit(deploy("encoder.fc1", "dense_delta", command_id="dep-1"))
+    assert response.duplicate
+    assert response.record == original
+    assert client.list_commands("run-7") == [original]
+
+
+def test_duplicate_scaffold_and_budgets(client, attached):
+    """A second seed on a module, a second scaffold in a region, and a fourth live scaffold are refused."""
+    client.submit(deploy("encoder.fc1", command_id="a"))
+    with pytest.raises(NarsetError) as duplicate:
+        client.submit(deploy("encoder.fc1", "dense_delta"))
+    assert duplicate.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert duplicate.value.details.startswith("deploy.module: module 'encoder.fc1' already carries scaffold 'a'")
+    with pytest.raises(NarsetError) as per_region:
+        client.submit(deploy("encoder.fc2"))
+    assert per_region.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert per_region.value.details.startswith("deploy.region:")
+    client.submit(deploy("decoder.fc1"))
+    client.submit(deploy("h.0.attn.c_attn"))  # outside every region: its own region
+    before = ledger_snapshot(client)
+    with pytest.raises(NarsetError) as total:
+        client.submit(deploy("moe", "moe_expert"))
+    assert total.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_live_scaffolds=3" in total.value.details
+    assert ledger_snapshot(client) == before
+
+
+def test_policy_protected_region_refuses_deploy(client, attached):
+    """A region the job policy protects accepts no deploy until it is unprotected."""
+    policy = client.get_policy("run-7")
+    policy.protected_regions.append("decoder")
+    client.set_policy("run-7", policy)
+    with pytest.raises(NarsetError) as refused:
+        client.submit(deploy("decoder.fc1"))
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details == "deploy.region: region 'decoder' is protected and accepts no deploy"
+    del policy.protected_regions[:]
+    client.set_policy("run-7", policy)
+    assert client.submit(deploy("decoder.fc1")).record.state == command_pb2.COMMAND_STATE_PENDING
+
+
+def test_embargoed_region_refuses_deploy_until_it_ends(client, worker_stub, attached, db_path):
+    """An embargo refuses deploys to its region with FAILED_PRECONDITION until its end boundary."""
+    store = Store.open(db_path)  # the embargo a failed scaffold leaves, written as the decision engine does
+    with store.transaction():
+        store.put_embargo("run-7", job_pb2.RegionEmbargo(region="encoder", until_boundary=3, failures=1))
+    store.close()
+    with pytest.raises(NarsetError) as refused:
+        client.submit(deploy("encoder.fc1"))
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "under embargo until boundary 3" in refused.value.details
+    for boundary in (1, 2, 3):
+        worker_stub.ReportBoundary(
+            worker_service_pb2.ReportBoundaryRequest(
+                job_id="run-7", session_id=attached.session_id, boundary=boundary, step=boundary
+            )
+        )
+    assert client.submit(deploy("encoder.fc1")).record.state == command_pb2.COMMAND_STATE_PENDING
+
+
+def test_actions_on_a_pending_scaffold_are_refused(client, attached):
+    """Fold, prune and persist need an applied scaffold; a PENDING one is refused by name."""
+    client.submit(deploy("encoder.fc1", command_id="a"))
+    for action in ("fold", "prune", "persist", "pause"):
+        command = command_pb2.AdaptationCommand(job_id="run-7")
+        getattr(command, action).scaffold.module = "encoder.fc1"
+        with pytest.raises(NarsetError) as refused:
+            client.submit(command)
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert refused.value.details.startswith(f"{action}.scaffold: scaffold 'a' is still PENDING")
+
+
+def test_set_policy_refuses_bad_values(client, attached):
+    """SetPolicy names a negative budget and an unknown auto blueprint; the policy stays as it was."""
+    before = client.get_policy("run-7")
+    bad = job_pb2.JobPolicy()
+    bad.CopyFrom(before)
+    bad.max_live_scaffolds = -1
+    with pytest.raises(NarsetError) as refused:
+        client.set_policy("run-7", bad)
+    assert refused.value.details.startswith("policy.max_live_scaffolds:")
+    bad.CopyFrom(before)
+    bad.auto.enabled = True
+    bad.auto.blueprint = "hypernet"
+    with pytest.raises(NarsetError) as refused:
+        client.set_policy("run-7", bad)
+    assert refused.value.details.startswith("policy.auto.blueprint:")
+    assert client.get_policy("run-7") == before
