@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import grpc
@@ -63,3 +65,46 @@ def test_health_serving_then_sigterm_exits_zero_within_grace(tmp_path):
             assert server.terminate() == 0
             assert time.monotonic() - started < 3.0 + 2.0
             channel_ready.close()
+
+
+def test_cli_watch_prints_submitted_command(tmp_path):
+    """`narset watch JOB` (a process) prints the COMMAND_SUBMITTED event of a deploy submitted meanwhile."""
+    server = ServeProcess(tmp_path / "narset.db")
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            worker_service_pb2_grpc.WorkerServiceStub(channel).Attach(attach_request("run-7"))
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "narset", "watch", "run-7", "--server", server.address],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert "JOB_ATTACHED" in watch.stdout.readline()  # the stream is live before we submit
+            deploy = subprocess.run(
+                [sys.executable, "-m", "narset", "deploy", "run-7", "--module", "encoder.fc1", "--blueprint", "lora"]
+                + ["--id", "dep-1", "--server", server.address],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert deploy.returncode == 0, deploy.stderr
+            line = watch.stdout.readline()
+            assert "COMMAND_SUBMITTED" in line and "deploy dep-1" in line
+        finally:
+            watch.kill()
+            watch.wait()
+    finally:
+        assert server.terminate() == 0
+
+
+def test_reflection_lists_the_services(tmp_path):
+    """Server reflection advertises the worker, operator and health services."""
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    server = ServeProcess(tmp_path / "narset.db")
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert {"narset.v1.WorkerService", "narset.v1.OperatorService", "grpc.health.v1.Health"} <= services
+    finally:
+        assert server.terminate() == 0
