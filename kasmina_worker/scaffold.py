@@ -1,0 +1,69 @@
+"""The scaffold module: a host module and a seed blended by two 0-dim buffers.
+
+`y = lerp(lerp(h, h.detach(), isolation), nan_to_num(s), alpha)`: the same graph whatever the
+lifecycle state. `alpha` and `isolation` change only at boundaries (`fill_` under `no_grad`) or
+on-device by a safety breaker, so a compiled graph never sees a Python float change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Scaffold", "SiteTensors"]
+
+
+class _FiniteGrad(torch.autograd.Function):
+    """Identity forward; backward replaces non-finite gradient entries by 0.
+
+    Sits on the seed's input so that a poisoned seed cannot send NaN/Inf into the host upstream.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTensors:
+    """What one forward computed at a scaffold site: input, host output, seed output, blend."""
+
+    x: torch.Tensor
+    host_out: torch.Tensor
+    seed_out: torch.Tensor
+    output: torch.Tensor
+
+
+class Scaffold(nn.Module):
+    """A deployed seed at the place of its host module."""
+
+    def __init__(self, host: nn.Module, seed: nn.Module, scaffold_id: str) -> None:
+        super().__init__()
+        self.host = host
+        self.seed = seed
+        self.scaffold_id = scaffold_id
+        device = next((p.device for p in host.parameters()), torch.device("cpu"))
+        self.register_buffer("alpha", torch.zeros((), dtype=torch.float32, device=device))
+        self.register_buffer("isolation", torch.zeros((), dtype=torch.float32, device=device))
+        # Set at boundaries only, when a teaching loss needs the site tensors of the step.
+        self.record_site = False
+        self.site: SiteTensors | None = None
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        h = self.host(x, *args, **kwargs)
+        host_term = torch.lerp(h, h.detach(), self.isolation.to(h.dtype))
+        s = torch.nan_to_num(self.seed(_FiniteGrad.apply(x), h, self.host), nan=0.0, posinf=0.0, neginf=0.0)
+        # A copy, so that a breaker may cut `alpha` in place before this step's backward.
+        y = torch.lerp(host_term, s, self.alpha.to(h.dtype, copy=True))
+        if self.record_site:
+            self.site = SiteTensors(x, h, s, y)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"scaffold_id={self.scaffold_id!r}"

@@ -1,0 +1,219 @@
+"""Alpha schedules: the lifecycle of DESIGN.md section 4, counted in checkpoint boundaries.
+
+Pure Python and deterministic: the state is a few numbers (`to_dict` / `from_dict`), and alpha,
+isolation and stage are functions of it. Timeline, with the deploy applied at boundary k
+(position 0) and `I, W, H, D` the isolated / warmup / hold / decay lengths:
+
+* positions [0, I): TRAIN_ISOLATED, alpha 0, host joint (isolation 0);
+* [I, I+W): GRAFTING, alpha = warm · curve((p - I + 1) / W), host isolated;
+* [I+W, I+W+H): HOLD at warm, host isolated;
+* [I+W+H, I+W+H+D): DECAY, alpha = warm + (floor - warm) · curve((p - I - W - H + 1) / D), host
+  joint (weaning);
+* after the phases and before the TTL, the last phase holds its final alpha;
+* position >= TTL: EVALUATING, alpha held until an exit decision arrives.
+
+The position does not move while paused. A sunset ramps alpha linearly from where it is to the
+exit's exact level over `sunset` boundaries, the first step at the boundary that starts it; the
+exit is taken at the boundary where the ramp arrives. Non-scaffold growth ramps 0 -> 1 over W,
+then stays PERMANENT at 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from narset.v1 import command_pb2, telemetry_pb2
+
+__all__ = ["AlphaSchedule", "ScheduleConfig", "ScheduleState"]
+
+S = telemetry_pb2
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ScheduleConfig:
+    """The fixed shape of one scaffold's schedule (from its effective policy)."""
+
+    isolated: int
+    """TRAIN_ISOLATED boundaries (alpha 0) before grafting."""
+    warmup: int
+    """GRAFTING boundaries: 0 -> warm level."""
+    hold: int
+    """HOLD boundaries at the warm level."""
+    decay: int
+    """DECAY boundaries: warm level -> floor, host weaning."""
+    warm_level: float
+    """Alpha at the end of grafting, in [0, 1]."""
+    floor: float
+    """Alpha at the end of decay, in [0, warm_level]."""
+    cosine: bool
+    """Cosine ramps when True, linear otherwise."""
+    ttl: int
+    """Boundaries from deploy to EVALUATING, >= isolated + warmup + hold + decay."""
+    sunset: int
+    """Boundaries of the alpha ramp before a non-exact exit; 0 exits at once."""
+    as_scaffold: bool = True
+    """False: permanent growth (alpha ramps to 1 and stays, no TTL)."""
+    max_extensions: int = 2
+    """PERSIST extensions allowed."""
+
+    def __post_init__(self) -> None:
+        for name in ("isolated", "warmup", "hold", "decay", "sunset", "max_extensions"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.warm_level <= 1.0:
+            raise ValueError(f"warm_level must be in [0, 1], got {self.warm_level}")
+        if not 0.0 <= self.floor <= self.warm_level:
+            raise ValueError(f"floor must be in [0, warm_level={self.warm_level}], got {self.floor}")
+        if self.ttl < max(1, self.length):
+            raise ValueError(f"ttl must be >= max(1, phase length {self.length}), got {self.ttl}")
+
+    @property
+    def length(self) -> int:
+        return self.isolated + self.warmup + self.hold + self.decay
+
+    @classmethod
+    def from_policy(cls, policy: command_pb2.ScaffoldPolicy, as_scaffold: bool) -> ScheduleConfig:
+        """The schedule of an effective (fully filled) policy."""
+        schedule = policy.schedule
+        return cls(
+            isolated=schedule.isolated_ckpts,
+            warmup=schedule.warmup_ckpts,
+            hold=schedule.hold_ckpts,
+            decay=schedule.decay_ckpts,
+            warm_level=schedule.warm_level,
+            floor=schedule.floor,
+            cosine=schedule.curve == command_pb2.ALPHA_CURVE_COSINE,
+            ttl=policy.ttl_ckpts,
+            sunset=policy.fold.sunset_ckpts,
+            as_scaffold=as_scaffold,
+        )
+
+
+@dataclass(kw_only=True, slots=True)
+class ScheduleState:
+    """Where one schedule stands; primitives only."""
+
+    position: int = 0
+    age: int = 0
+    paused: bool = False
+    extensions: int = 0
+    ttl: int = 0
+    sunset_from: float = 0.0
+    sunset_to: float = 0.0
+    sunset_steps: int = 0
+    sunset_done: int = 0
+    sunset_isolation: float = 0.0
+
+
+class AlphaSchedule:
+    """One scaffold's schedule: a config and a state, alpha/stage/isolation derived from them."""
+
+    def __init__(self, config: ScheduleConfig, state: ScheduleState | None = None) -> None:
+        self.config = config
+        self.state = state if state is not None else ScheduleState(ttl=config.ttl)
+
+    def _curve(self, t: float) -> float:
+        t = min(max(t, 0.0), 1.0)
+        return (1.0 - math.cos(math.pi * t)) / 2.0 if self.config.cosine else t
+
+    @property
+    def in_sunset(self) -> bool:
+        return self.state.sunset_steps > 0
+
+    def _phase_alpha(self, p: int) -> tuple[int, float, float]:
+        """(stage, alpha, isolation) at schedule position p, ignoring sunset."""
+        c = self.config
+        if not c.as_scaffold:
+            if p < c.warmup:
+                return S.SCAFFOLD_STAGE_GRAFTING, self._curve((p + 1) / c.warmup), 0.0
+            return S.SCAFFOLD_STAGE_PERMANENT, 1.0, 0.0
+        graft_end = c.isolated + c.warmup
+        hold_end = graft_end + c.hold
+        if p < c.isolated:
+            return S.SCAFFOLD_STAGE_TRAIN_ISOLATED, 0.0, 0.0
+        if p < graft_end:
+            return S.SCAFFOLD_STAGE_GRAFTING, c.warm_level * self._curve((p - c.isolated + 1) / c.warmup), 1.0
+        if p < hold_end:
+            return S.SCAFFOLD_STAGE_HOLD, c.warm_level, 1.0
+        if p < c.length:
+            ramp = self._curve((p - hold_end + 1) / c.decay)
+            return S.SCAFFOLD_STAGE_DECAY, c.warm_level + (c.floor - c.warm_level) * ramp, 0.0
+        if c.decay:
+            return S.SCAFFOLD_STAGE_DECAY, c.floor, 0.0
+        if c.warmup or c.hold or not c.isolated:
+            return S.SCAFFOLD_STAGE_HOLD, c.warm_level, 1.0
+        return S.SCAFFOLD_STAGE_TRAIN_ISOLATED, 0.0, 0.0
+
+    def _current(self) -> tuple[int, float, float]:
+        st = self.state
+        if self.in_sunset:
+            ramp = min(st.sunset_done / st.sunset_steps, 1.0)
+            return S.SCAFFOLD_STAGE_SUNSET, st.sunset_from + (st.sunset_to - st.sunset_from) * ramp, st.sunset_isolation
+        stage, alpha, isolation = self._phase_alpha(st.position)
+        if self.config.as_scaffold and st.position >= st.ttl:
+            return S.SCAFFOLD_STAGE_EVALUATING, alpha, isolation
+        return stage, alpha, isolation
+
+    def stage(self) -> int:
+        """The lifecycle stage, a `telemetry_pb2.ScaffoldStage`."""
+        return self._current()[0]
+
+    def alpha(self) -> float:
+        return self._current()[1]
+
+    def isolation(self) -> float:
+        """1.0 while the host is isolated at the site, 0.0 while it trains jointly."""
+        return self._current()[2]
+
+    def advance(self) -> None:
+        """One boundary passes: the sunset steps, or the position moves unless paused."""
+        st = self.state
+        st.age += 1
+        if self.in_sunset:
+            st.sunset_done = min(st.sunset_done + 1, st.sunset_steps)
+        elif not st.paused:
+            st.position += 1
+
+    def start_sunset(self, target: float) -> None:
+        """Ramp alpha from where it is to `target`; the first step is taken now."""
+        _, alpha, isolation = self._current()
+        st = self.state
+        st.sunset_from, st.sunset_to = alpha, target
+        st.sunset_steps, st.sunset_done = max(self.config.sunset, 1), 1
+        st.sunset_isolation = isolation
+
+    def sunset_arrived(self) -> bool:
+        """True when a sunset has reached its target: the exit can be taken exactly now."""
+        return self.in_sunset and self.state.sunset_done >= self.state.sunset_steps
+
+    def pause(self) -> None:
+        self.state.paused = True
+
+    def resume(self) -> None:
+        self.state.paused = False
+
+    def persist_error(self, extra: int) -> str | None:
+        """Why a PERSIST of `extra` boundaries is refused, or None when allowed."""
+        c, st = self.config, self.state
+        if not c.as_scaffold:
+            return "a permanent (as_scaffold=false) deploy has no TTL to extend"
+        if extra < 1:
+            return f"extra_ckpts must be >= 1, got {extra}"
+        if st.extensions >= c.max_extensions:
+            return f"already extended {st.extensions} times (at most {c.max_extensions})"
+        if st.ttl + extra > 2 * c.ttl:
+            return f"ttl {st.ttl} + {extra} would exceed twice the original ttl {c.ttl}"
+        return None
+
+    def persist(self, extra: int) -> None:
+        """Extend the TTL by `extra` boundaries (check `persist_error` first)."""
+        self.state.ttl += extra
+        self.state.extensions += 1
+
+    def to_dict(self) -> dict:
+        return {"config": asdict(self.config), "state": asdict(self.state)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AlphaSchedule:
+        return cls(ScheduleConfig(**data["config"]), ScheduleState(**data["state"]))

@@ -1,0 +1,333 @@
+"""`KasminaWorker`: the training job's side of scaffolding, composed from the runtime's parts.
+
+Per step, `step_loss` only adds teaching terms and records the loss on-device. At a boundary,
+`checkpoint` (1) reads the breakers and prunes what they cut, (2) builds the report, (3) gets the
+commands due now from the local queue and the transport, (4) applies them in order, (5) advances
+the schedules, and (6) returns a `BoundarySummary`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+
+import structlog
+import torch
+from torch import nn
+
+from kasmina_worker import state as state_io
+from kasmina_worker.breakers import TRIP_LOSS_SPIKE, TRIP_NON_FINITE, BreakerConfig, LossBreaker, StepLossRing
+from kasmina_worker.commands import CommandApplier
+from kasmina_worker.lifecycle import LiveScaffold, ScaffoldRuntime
+from kasmina_worker.optim import seed_group_order
+from kasmina_worker.report import BoundarySummary, scaffold_report, summary_of
+from kasmina_worker.scaffold import Scaffold
+from kasmina_worker.teaching import ProbeLoss, Teacher, TeachingSite
+from kasmina_worker.transport import CommandSource, LocalQueue
+from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
+
+__all__ = ["KasminaWorker", "WorkerConfig"]
+
+log = structlog.get_logger("kasmina")
+
+TRIP_NAMES = {TRIP_NON_FINITE: "non_finite", TRIP_LOSS_SPIKE: "loss_spike"}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WorkerConfig:
+    """Worker options."""
+
+    breakers: BreakerConfig = field(default_factory=BreakerConfig)
+    """Safety breaker thresholds and the step-loss window."""
+    probe_batches: int = 20
+    """Probe batches evaluated by `probe_loss` (the first ones of `probe`)."""
+
+    def __post_init__(self) -> None:
+        if self.probe_batches < 1:
+            raise ValueError(f"probe_batches must be >= 1, got {self.probe_batches}")
+
+
+def _regions(regions: Sequence[job_pb2.Region] | Mapping[str, Sequence[str]] | None) -> list[job_pb2.Region]:
+    if regions is None:
+        return []
+    if isinstance(regions, Mapping):
+        return [job_pb2.Region(name=name, patterns=list(patterns)) for name, patterns in regions.items()]
+    return list(regions)
+
+
+class KasminaWorker:
+    """Deploys, schedules, teaches, folds and removes scaffolds in a training job's model."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        job: str,
+        narset: str | None = None,
+        probe: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        regions: Sequence[job_pb2.Region] | Mapping[str, Sequence[str]] | None = None,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+        *,
+        transport: CommandSource | None = None,
+        probe_losses: Sequence[ProbeLoss] = (),
+        config: WorkerConfig | None = None,
+    ) -> None:
+        if not job:
+            raise ValueError("job must be a non-empty job id, got ''")
+        self.job = job
+        self.narset = narset
+        self.config = config or WorkerConfig()
+        self._root = model
+        self._optimizer = optimizer
+        self._probe = list(islice(probe, self.config.probe_batches)) if probe is not None else []
+        self._loss_fn = loss_fn
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self._steps = 0
+        self._ring = StepLossRing(self.config.breakers.window, device)
+        self._loss_breaker = LossBreaker(self.config.breakers, self._ring, device)
+        self._runtime = ScaffoldRuntime(model, optimizer, job, self._ring, step=lambda: self._steps - 1)
+        self._applier = CommandApplier(self._runtime, job, _regions(regions), on_exit=self._on_exit)
+        self._queue = LocalQueue()
+        self._transport = transport
+        self._teacher = Teacher(model, probe_losses)
+        self._boundary = 0
+        self._alphas: list[torch.Tensor] = []
+        self._exits: list[telemetry_pb2.ScaffoldReport] = []
+        self._unreported_reports: list[telemetry_pb2.ScaffoldReport] = []
+        self._unreported_results: list[telemetry_pb2.CommandResult] = []
+        self._wrap = wrap
+        self._wrapped = wrap(model) if wrap is not None else model
+        self._wrapped_version = self._runtime.structure_version
+
+    # ---- the training loop's API -----------------------------------------------------------
+
+    @property
+    def model(self) -> nn.Module:
+        """What to train: the user's model (or `wrap(model)`), re-wrapped after structural changes."""
+        if self._wrap is None:
+            return self._root
+        if self._wrapped_version != self._runtime.structure_version:
+            self._wrapped = self._wrap(self._root)
+            self._wrapped_version = self._runtime.structure_version
+        return self._wrapped
+
+    @property
+    def boundary(self) -> int:
+        """The last completed boundary (0 before the first `checkpoint`)."""
+        return self._boundary
+
+    @property
+    def applied_command_ids(self) -> tuple[str, ...]:
+        return tuple(self._applier.applied)
+
+    @property
+    def scaffolds(self) -> Mapping[str, Scaffold]:
+        """Live scaffold modules by scaffold id."""
+        return {sid: live.module for sid, live in self._runtime.live.items()}
+
+    def submit(self, command: command_pb2.AdaptationCommand) -> str:
+        """Queue a command for the next boundary; returns its command id (assigned when empty)."""
+        return self._queue.submit(command)
+
+    def step_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Add the teaching terms and record the step loss on-device; `loss` itself when idle."""
+        self._steps += 1
+        if not self._alphas:
+            return loss
+        self._loss_breaker.check(loss, self._alphas, self._steps - 1)
+        self._ring.record(loss)
+        if self._teacher.active:
+            extra = self._teacher.terms(self._steps)
+            if extra is not None:
+                return loss + extra
+        return loss
+
+    def step_losses(self, scaffold_id: str) -> torch.Tensor:
+        """The scaffold's step losses in the window since its deploy, oldest first, on-device."""
+        return self._ring.since(self._runtime.live[scaffold_id].start_step)
+
+    @torch.no_grad()
+    def probe_loss(self) -> float | None:
+        """Mean `loss_fn(model(x), y)` over the probe batches in eval mode; None without a probe."""
+        if not self._probe or self._loss_fn is None:
+            return None
+        modes = [(m, m.training) for m in self._root.modules()]
+        self._root.eval()
+        try:
+            losses = [self._loss_fn(self._root(x), y).float() for x, y in self._probe]
+        finally:
+            for module, training in modes:
+                module.training = training
+        return float(torch.stack(losses).mean())
+
+    # ---- the boundary ----------------------------------------------------------------------
+
+    def checkpoint(self, step: int, metrics: Mapping[str, float] | None = None) -> BoundarySummary:
+        """One boundary: breakers, report, exchange, apply, advance; returns the summary."""
+        k = self._boundary + 1
+        self._exits = []
+        events = self._collect_trips()
+        probe = self.probe_loss()
+        gates = {sid: telemetry_pb2.GateTelemetry() for sid in self._runtime.live}
+        if probe is not None:
+            for telemetry in gates.values():
+                telemetry.probe_loss = probe
+        report = self._report(k, step, metrics or {}, probe, gates, events)
+        reported_exits = len(self._exits)
+        commands = list(self._queue.exchange(report))
+        if self._transport is not None:
+            commands.extend(self._transport.exchange(report))
+        before = {sid: live.schedule.in_sunset for sid, live in self._runtime.live.items()}
+        results = [self._applier.apply(command, k) for command in commands]
+        results.extend(self._advance(before, k))
+        self._boundary = k
+        self._after_structure_change()
+        self._unreported_results = list(results)
+        self._unreported_reports = self._exits[reported_exits:]
+        live_reports = [scaffold_report(live) for live in self._runtime.live.values()]
+        summary = BoundarySummary(
+            boundary=k,
+            step=step,
+            scaffolds=tuple(summary_of(r) for r in live_reports + self._exits),
+            results=tuple(results),
+            events=tuple(events),
+            probe_loss=probe,
+            gates=gates,
+            report=report,
+        )
+        log.info("boundary", job=self.job, boundary=k, step=step, live=len(self._runtime.live), commands=len(results))
+        return summary
+
+    def _report(
+        self,
+        k: int,
+        step: int,
+        metrics: Mapping[str, float],
+        probe: float | None,
+        gates: Mapping[str, telemetry_pb2.GateTelemetry],
+        events: list[telemetry_pb2.SafetyEvent],
+    ) -> worker_service_pb2.ReportBoundaryRequest:
+        report = worker_service_pb2.ReportBoundaryRequest(job_id=self.job, boundary=k, step=step)
+        report.metrics.update({name: float(value) for name, value in metrics.items()})
+        if probe is not None:
+            report.probe_loss = probe
+        report.scaffolds.extend(self._unreported_reports)
+        report.scaffolds.extend(scaffold_report(live, gates=gates[sid]) for sid, live in self._runtime.live.items())
+        report.scaffolds.extend(self._exits)
+        report.results.extend(self._unreported_results)
+        report.safety_events.extend(events)
+        self._unreported_reports, self._unreported_results = [], []
+        return report
+
+    def _collect_trips(self) -> list[telemetry_pb2.SafetyEvent]:
+        """Read the breakers (a sync, boundaries only), prune every cut scaffold, reset the trips."""
+        events = []
+        loss_kind, loss_step, loss_value = self._loss_breaker.trip.read()
+        for live in list(self._runtime.live.values()):
+            grad_kind, grad_step, _ = live.guard.trip.read()
+            found = []
+            if loss_kind:
+                found += [(bit, loss_step, f"step loss {loss_value:.6g}") for bit in TRIP_NAMES if loss_kind & bit]
+            if grad_kind:
+                found.append((TRIP_NON_FINITE, grad_step, "non-finite seed gradient or parameter"))
+            if not found:
+                continue
+            gates = telemetry_pb2.GateTelemetry()
+            for bit, at_step, detail in found:
+                events.append(
+                    telemetry_pb2.SafetyEvent(
+                        scaffold_id=live.scaffold_id, kind=TRIP_NAMES[bit], step=at_step, detail=detail
+                    )
+                )
+                gates.non_finite |= bit == TRIP_NON_FINITE
+                gates.loss_spike |= bit == TRIP_LOSS_SPIKE
+            log.warning(
+                "breaker_tripped", job=self.job, scaffold_id=live.scaffold_id, kinds=[TRIP_NAMES[b] for b, *_ in found]
+            )
+            self._runtime.prune(live)
+            self._exits.append(scaffold_report(live, stage=telemetry_pb2.SCAFFOLD_STAGE_PRUNED, gates=gates))
+        self._loss_breaker.trip.reset()
+        self._after_structure_change()
+        return events
+
+    def _advance(self, before: Mapping[str, bool], k: int) -> list[telemetry_pb2.CommandResult]:
+        """Advance every scaffold that was live before this boundary's commands and not just changed."""
+        results = []
+        for sid, live in list(self._runtime.live.items()):
+            if sid not in before or (live.schedule.in_sunset and not before[sid]):
+                continue
+            live.schedule.advance()
+            if live.exit and live.schedule.sunset_arrived():
+                self._runtime.apply_schedule(live)
+                result = self._applier.finish_sunset(live, k)
+                if result is not None:
+                    results.append(result)
+            else:
+                self._runtime.apply_schedule(live)
+        return results
+
+    def _on_exit(self, live: LiveScaffold, stage: int, command_id: str) -> None:
+        self._exits.append(scaffold_report(live, stage=stage))
+
+    def _after_structure_change(self) -> None:
+        """Refresh what the per-step path reads: live alphas, teaching sites, breaker trips."""
+        lives = list(self._runtime.live.values())
+        self._alphas = [live.module.alpha for live in lives]
+        for live in lives:
+            live.guard.trip.reset()
+        self._teacher.configure(
+            [
+                TeachingSite(
+                    scaffold_id=live.scaffold_id,
+                    module_name=live.plan.module_name,
+                    module=live.module,
+                    teaching=live.plan.policy.teaching,
+                    stage=live.schedule.stage(),
+                    warm_level=live.schedule.config.warm_level,
+                )
+                for live in lives
+            ]
+        )
+
+    # ---- checkpoint state ------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The worker's state in primitives and tensors (`torch.load(weights_only=True)` safe)."""
+        return state_io.build_state(
+            job=self.job,
+            boundary=self._boundary,
+            steps=self._steps,
+            applied=self._applier.applied,
+            scaffolds=[live.manifest() for live in self._runtime.live.values()],
+            folds=[record.to_dict() for record in self._runtime.folds],
+            growth=self._runtime.growth,
+            group_order=seed_group_order(self._optimizer),
+            ring=self._ring.state_dict(),
+            queue=self._queue.state_dict(),
+            unreported_results=self._unreported_results,
+            unreported_reports=self._unreported_reports,
+        )
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Rebuild the scaffolds and optimiser groups of `state` on this (fresh) worker's model.
+
+        Call it before `model.load_state_dict(..., strict=True)` and `optimizer.load_state_dict`.
+        """
+        if self._runtime.live or self._boundary:
+            raise RuntimeError("load_state_dict needs a fresh worker (no boundary yet, nothing deployed)")
+        loaded = state_io.parse_state(state, job=self.job)
+        self._runtime.regrow(loaded.growth)
+        for entry in loaded.scaffolds_in_group_order():
+            self._runtime.restore(entry, seed_state=None, optimizer_state=None)
+        self._runtime.folds = loaded.folds
+        self._applier.applied = list(loaded.applied)
+        self._boundary = loaded.boundary
+        self._steps = loaded.steps
+        self._ring.load_state_dict(loaded.ring)
+        self._queue.load_state_dict(loaded.queue)
+        self._unreported_results = list(loaded.unreported_results)
+        self._unreported_reports = list(loaded.unreported_reports)
+        self._after_structure_change()
+        log.info("worker_restored", job=self.job, boundary=self._boundary, live=len(self._runtime.live))
