@@ -11,12 +11,14 @@ import math
 import time
 import uuid
 
+from narset.decisions import DecisionEngine
 from narset.errors import Refusal
 from narset.events import EventHub
 from narset.job_policy import default_job_policy
 from narset.ledger import check_identifier
 from narset.stages import LIVE_STAGES
 from narset.store import Store
+from narset.tactical import TacticalPolicy
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
 
 __all__ = ["Exchange"]
@@ -83,9 +85,11 @@ def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
 class Exchange:
     """Attach, report and detach; each a single store transaction."""
 
-    def __init__(self, store: Store, events: EventHub) -> None:
+    def __init__(self, store: Store, events: EventHub, decisions: DecisionEngine, tactical: TacticalPolicy) -> None:
         self._store = store
         self._events = events
+        self._decisions = decisions
+        self._tactical = tactical
 
     def _session_job(self, job_id: str, session_id: str, field: str) -> job_pb2.Job:
         job = self._store.get_job(job_id)
@@ -205,6 +209,12 @@ class Exchange:
             if request.HasField("probe_loss"):
                 job.last_probe_loss = request.probe_loss
             job.last_seen_at.FromNanoseconds(time.time_ns())
+            self._store.put_job(job)
+            # Decisions made from this very report go back in its answer.
+            response.decisions.extend(self._decisions.decide(job, request))
+            deploy = self._tactical.consider(job, request)
+            if deploy is not None:
+                response.decisions.append(deploy)
             response.commands.extend(self._deliver(job, request.boundary))
             self._refresh_live_count(job)
             self._store.put_job(job)

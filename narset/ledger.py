@@ -15,18 +15,25 @@ from narset.catalogue import blueprint_fit_errors, region_for_module
 from narset.errors import Refusal
 from narset.events import EventHub
 from narset.job_policy import default_job_policy
+from narset.scaffold_gates import judge_scaffold
 from narset.scaffold_policy import effective_policy, policy_errors
 from narset.stages import LIVE_STAGES, stage_name
 from narset.store import Store
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 
-__all__ = ["ACTIONS", "CommandLedger", "new_command_id"]
+__all__ = ["ACTIONS", "GATES_ISSUER", "CommandLedger", "new_command_id"]
 
 ACTIONS = ("deploy", "fold", "prune", "persist", "rollback", "pause", "resume")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 MAX_EXTENSIONS = 2
 DEFAULT_EXTRA_CKPTS = 3
 ROLLBACK_DEPTH = 2
+GATES_ISSUER = "narset:gates"  # commands of the decision engine, which has judged the gates already
+_HAND_EXITS = {
+    "fold": telemetry_pb2.DECISION_OUTCOME_FUSE,
+    "prune": telemetry_pb2.DECISION_OUTCOME_PRUNE,
+    "persist": telemetry_pb2.DECISION_OUTCOME_PERSIST,
+}
 
 
 def new_command_id() -> str:
@@ -71,6 +78,7 @@ class CommandLedger:
         if not cmd.HasField("created_at"):
             cmd.created_at.FromNanoseconds(time.time_ns())
         new_scaffold = None
+        decision = None
         if action == "deploy":
             new_scaffold = self._check_deploy(job, cmd)
             record.scaffold_id = new_scaffold.scaffold_id
@@ -79,12 +87,16 @@ class CommandLedger:
             record.scaffold_id = target.scaffold_id
             getattr(cmd, action).scaffold.scaffold_id = target.scaffold_id
             record.forced = bool(getattr(getattr(cmd, action), "force", False))
+            if action in _HAND_EXITS and cmd.issued_by != GATES_ISSUER:
+                decision = self._hand_exit(job, cmd, action, target, record.forced)
         record.updated_at.FromNanoseconds(time.time_ns())
 
         with self._store.transaction():
             self._store.put_command(record)
             if new_scaffold is not None:
                 self._store.put_scaffold(new_scaffold)
+            if decision is not None:
+                self._store.put_decision(decision)
             self._events.emit(
                 job.job_id,
                 job_pb2.EVENT_KIND_COMMAND_SUBMITTED,
@@ -229,6 +241,39 @@ class CommandLedger:
         if action == "persist":
             self._check_persist(scaffold, cmd.persist)
         return scaffold
+
+    def _hand_exit(
+        self, job: job_pb2.Job, cmd: command_pb2.AdaptationCommand, action: str, scaffold: job_pb2.Scaffold, force: bool
+    ) -> telemetry_pb2.Decision:
+        """The audit record of an operator exit; a fold that a gate would refuse needs `force`."""
+        probe_loss = job.last_probe_loss if job.HasField("last_probe_loss") else None
+        judgement = judge_scaffold(self._store, scaffold, probe_loss)
+        failing = [*judgement.flags, *judgement.hard_failures, *judgement.soft_failures]
+        if action == "fold" and failing and not force:
+            raise Refusal.precondition(
+                "fold.force",
+                f"gate(s) {', '.join(failing)} fail or are unmeasured for scaffold '{scaffold.scaffold_id}'; "
+                f"fold with force to override (the override is recorded)",
+            )
+        reason = cmd.reason or f"{action} by {cmd.issued_by}"
+        if force and failing:
+            reason += f" (forced past {', '.join(failing)})"
+        decision = telemetry_pb2.Decision(
+            decision_id=cmd.command_id,
+            job_id=job.job_id,
+            scaffold_id=scaffold.scaffold_id,
+            boundary=job.last_boundary,
+            outcome=_HAND_EXITS[action],
+            reason=reason,
+            inputs=scaffold.gates,
+            thresholds=scaffold.policy.gates,
+            verdicts=judgement.verdicts,
+            command_id=cmd.command_id,
+            issued_by=cmd.issued_by,
+            forced=force,
+        )
+        decision.created_at.FromNanoseconds(time.time_ns())
+        return decision
 
     def _resolve(self, job: job_pb2.Job, action: str, ref: command_pb2.ScaffoldRef) -> job_pb2.Scaffold:
         which = ref.WhichOneof("ref")

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from narset.catalogue import BUILTIN_BLUEPRINTS
+from narset.decisions import DecisionEngine
 from narset.events import EventHub
 from narset.exchange import Exchange
 from narset.ledger import CommandLedger
@@ -18,6 +19,7 @@ from narset.server.operator_service import OperatorService
 from narset.server.worker_service import WorkerService
 from narset.settings import ServerSettings
 from narset.store import Store
+from narset.tactical import TacticalPolicy
 from narset.v1 import (
     operator_service_pb2,
     operator_service_pb2_grpc,
@@ -57,10 +59,10 @@ class NarsetServer:
         server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)]
         )
-        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(Exchange(store, events)), server)
-        operator_service_pb2_grpc.add_OperatorServiceServicer_to_server(
-            OperatorService(store, CommandLedger(store, events), events), server
-        )
+        ledger = CommandLedger(store, events)
+        exchange = Exchange(store, events, DecisionEngine(store, ledger, events), TacticalPolicy(store, ledger, events))
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(exchange), server)
+        operator_service_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorService(store, ledger, events), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -105,7 +105,11 @@ def test_fold_budget_per_boundary_defers_the_rest(client, worker_stub, attached)
         )
     worker_stub.ReportBoundary(live)
     for scaffold_id in ("a", "b"):
-        client.submit(command_pb2.AdaptationCommand(job_id="run-7", fold={"scaffold": {"scaffold_id": scaffold_id}}))
+        client.submit(
+            command_pb2.AdaptationCommand(
+                job_id="run-7", fold={"scaffold": {"scaffold_id": scaffold_id}, "force": True}
+            )
+        )
     third = worker_stub.ReportBoundary(report(attached, 3))
     assert [c.fold.scaffold.scaffold_id for c in third.commands] == ["a"]
     fourth = worker_stub.ReportBoundary(report(attached, 4, results=[result(third.commands[0].command_id, 3)]))
