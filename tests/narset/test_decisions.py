@@ -1,0 +1,273 @@
+"""Exit decisions from gate telemetry and the tactical auto-policy, driven through the real exchange."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+from narset_testing import attach_request
+
+from narset.cli import main
+from narset.client import NarsetError
+from narset.gates import judge, residual_gain, trend_slope
+from narset.scaffold_policy import DEFAULT_GATES
+from narset.tactical import loss_signal
+from narset.v1 import command_pb2, telemetry_pb2, worker_service_pb2
+
+S = telemetry_pb2
+PASSING = S.GateTelemetry(
+    transfer_rel_delta=0.001,
+    foldability=0.99,
+    jitter_p95=0.01,
+    drift=0.01,
+    diversity=0.9,
+    step_time_ratio=1.02,
+    memory_fraction=0.3,
+)
+
+
+def gates(**changes) -> S.GateTelemetry:
+    telemetry = S.GateTelemetry()
+    telemetry.CopyFrom(PASSING)
+    for name, value in changes.items():
+        if value is None:
+            telemetry.ClearField(name)
+        else:
+            setattr(telemetry, name, value)
+    return telemetry
+
+
+class Job:
+    """A job's rank 0 as Narset sees it: attach, then one report per boundary."""
+
+    def __init__(self, stub, client, job_id: str = "run-7") -> None:
+        self.stub, self.client, self.job_id = stub, client, job_id
+        self.session = stub.Attach(attach_request(job_id)).session_id
+        self.boundary = 0
+        self.results: list[S.CommandResult] = []
+
+    def report(self, probe_loss: float, scaffolds=(), **fields) -> worker_service_pb2.ReportBoundaryResponse:
+        self.boundary += 1
+        response = self.stub.ReportBoundary(
+            worker_service_pb2.ReportBoundaryRequest(
+                job_id=self.job_id,
+                session_id=self.session,
+                boundary=self.boundary,
+                step=10 * self.boundary,
+                probe_loss=probe_loss,
+                scaffolds=list(scaffolds),
+                results=self.results,
+                **fields,
+            )
+        )
+        # The job applies whatever arrives; its results go out with the next report.
+        self.results = [
+            S.CommandResult(command_id=c.command_id, outcome=S.COMMAND_OUTCOME_APPLIED, boundary=self.boundary)
+            for c in response.commands
+        ]
+        return response
+
+    def deploy(self, module: str = "encoder.fc1", command_id: str = "sc") -> None:
+        command = command_pb2.AdaptationCommand(command_id=command_id, job_id=self.job_id)
+        command.deploy.module, command.deploy.blueprint = module, "lora"
+        self.client.submit(command)
+
+
+def live(stage, telemetry=PASSING, age: int = 3, ttl: int = 12, extensions: int = 0, scaffold_id: str = "sc"):
+    return S.ScaffoldReport(
+        scaffold_id=scaffold_id,
+        module="encoder.fc1",
+        stage=stage,
+        alpha=0.5,
+        age_ckpts=age,
+        ttl_ckpts=ttl,
+        extensions=extensions,
+        gates=telemetry,
+    )
+
+
+@pytest.fixture
+def job(worker_stub, client) -> Job:
+    return Job(worker_stub, client)
+
+
+def deployed(job: Job, losses=(1.0, 0.95, 0.9)) -> None:
+    """Report a falling pre-deploy history, deploy at its last boundary, report the scaffold applied."""
+    for loss in losses[:-1]:
+        job.report(loss)
+    job.deploy()
+    assert [c.command_id for c in job.report(losses[-1]).commands] == ["sc"]
+
+
+def test_trend_and_residual_gain():
+    """G2 credits only improvement beyond the pre-deploy trend; a rising trend is not credited."""
+    assert trend_slope([1.0, 0.9, 0.8]) == pytest.approx(-0.1)
+    assert residual_gain([1.0, 0.9, 0.8], 0.5, age_ckpts=2) == pytest.approx((0.6 - 0.5) / 0.8)
+    assert residual_gain([1.0, 1.1, 1.2], 1.1, age_ckpts=2) == pytest.approx(0.1 / 1.2)
+    assert residual_gain([], 0.5, 2) is None
+    assert residual_gain([1.0], None, 2) is None
+
+
+def test_unmeasured_gate_fails():
+    """A gate whose value is missing has no value and does not pass."""
+    judgement = judge(gates(foldability=None), DEFAULT_GATES, gain=0.1)
+    g3 = next(v for v in judgement.verdicts if v.gate == "G3")
+    assert not g3.HasField("value") and not g3.passed
+    assert judgement.soft_failures == ["G3"]
+
+
+def test_loss_signal():
+    """Less than the relative delta of improvement is a plateau; a rise beyond it is instability."""
+    assert loss_signal([1.0, 0.999, 0.998], 0.01) == "plateau"
+    assert loss_signal([1.0, 0.9, 0.8], 0.01) is None
+    assert loss_signal([1.0, 1.05, 1.1], 0.01) == "instability"
+
+
+def test_all_gates_pass_at_ttl_fuses(server, job, client, capsys):
+    """At EVALUATING with every gate passing, the answer to that very report carries a gates-issued fold."""
+    deployed(job)
+    job.report(0.8, [live(S.SCAFFOLD_STAGE_HOLD, age=1)])
+    response = job.report(0.7, [live(S.SCAFFOLD_STAGE_EVALUATING, age=2)])
+    [decision] = response.decisions
+    assert decision.outcome == S.DECISION_OUTCOME_FUSE
+    assert all(v.passed for v in decision.verdicts)
+    assert [(c.WhichOneof("action"), c.issued_by) for c in response.commands] == [("fold", "narset:gates")]
+    assert main(["decisions", "run-7", "--server", server.address, "--json"]) == 0
+    [stored] = json.loads(capsys.readouterr().out)["decisions"]
+    assert stored["outcome"] == "DECISION_OUTCOME_FUSE"
+    assert stored["thresholds"]["foldability_theta"] == 0.9
+    assert {v["gate"] for v in stored["verdicts"]} >= {"G1", "G2", "G3", "G4.jitter", "G5.memory"}
+
+
+def test_prefer_prune_prunes_without_embargo(job, client):
+    """With exit policy prefer_prune, passing gates lead to PRUNE, which is not a failure (no embargo)."""
+    for loss in (1.0, 0.95):
+        job.report(loss)
+    command = command_pb2.AdaptationCommand(command_id="sc", job_id="run-7")
+    command.deploy.module, command.deploy.blueprint = "encoder.fc1", "lora"
+    command.deploy.policy.exit_policy = command_pb2.EXIT_POLICY_PREFER_PRUNE
+    client.submit(command)
+    job.report(0.9)
+    [decision] = job.report(0.7, [live(S.SCAFFOLD_STAGE_EVALUATING, age=1)]).decisions
+    assert decision.outcome == S.DECISION_OUTCOME_PRUNE
+    assert client.get_job("run-7").embargoes == []
+
+
+def test_safety_flag_prunes_at_once_and_embargoes_region(job, client):
+    """A NaN flag prunes immediately; the region is embargoed 3 boundaries, refused then accepted."""
+    deployed(job)
+    response = job.report(0.8, [live(S.SCAFFOLD_STAGE_GRAFTING, gates(non_finite=True), age=1)])
+    [decision] = response.decisions
+    assert decision.outcome == S.DECISION_OUTCOME_PRUNE and "non_finite" in decision.reason
+    [prune] = response.commands
+    assert prune.prune.immediate
+    [embargo] = client.get_job("run-7").embargoes
+    assert (embargo.region, embargo.until_boundary, embargo.failures) == ("encoder", job.boundary + 3, 1)
+    job.report(0.8, [live(S.SCAFFOLD_STAGE_PRUNED, age=2)])
+    retry = command_pb2.AdaptationCommand(job_id="run-7", deploy={"module": "encoder.fc2", "blueprint": "lora"})
+    while job.boundary < embargo.until_boundary:
+        with pytest.raises(NarsetError) as refused:
+            client.submit(retry)
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert refused.value.details.startswith("deploy.region: region 'encoder' is under embargo")
+        job.report(0.8)
+    assert client.submit(retry).record.state == command_pb2.COMMAND_STATE_PENDING
+
+
+def test_second_failure_doubles_embargo(job, client):
+    """A repeat failure in the same region embargoes it for twice as long."""
+    deployed(job)
+    job.report(0.8, [live(S.SCAFFOLD_STAGE_HOLD, gates(memory_fraction=0.97), age=1)])  # hard G5 fail
+    job.report(0.8, [live(S.SCAFFOLD_STAGE_PRUNED, age=2)])
+    for _ in range(3):
+        job.report(0.8)
+    job.deploy(command_id="sc2")
+    job.report(0.8)
+    [decision] = job.report(
+        0.8, [live(S.SCAFFOLD_STAGE_EVALUATING, gates(jitter_p95=0.5), age=1, scaffold_id="sc2")]
+    ).decisions
+    assert decision.outcome == S.DECISION_OUTCOME_PRUNE and "G4.jitter" in decision.reason
+    [embargo] = client.get_job("run-7").embargoes
+    assert (embargo.failures, embargo.until_boundary) == (2, job.boundary + 6)
+
+
+def test_unmeasured_hard_gate_at_ttl_prunes(job):
+    """At the exit, an unmeasured hard gate is a failure: PRUNE."""
+    deployed(job)
+    [decision] = job.report(0.7, [live(S.SCAFFOLD_STAGE_EVALUATING, gates(drift=None), age=1)]).decisions
+    assert decision.outcome == S.DECISION_OUTCOME_PRUNE
+    assert decision.reason == "hard gate(s) unmeasured: G4.drift"
+
+
+def test_persist_twice_then_final_decision(job):
+    """A soft failure while G2 shows benefit persists +3 at most twice, never past 2x TTL, then decides."""
+    deployed(job, losses=(1.0, 1.0, 1.0))  # flat before the deploy: any later gain is the scaffold's
+    soft_fail = gates(foldability=0.5)
+    job.report(0.8, [live(S.SCAFFOLD_STAGE_HOLD, soft_fail, age=1)])
+    outcomes = []
+    for ttl, extensions in ((12, 0), (15, 1), (18, 2)):
+        response = job.report(0.6, [live(S.SCAFFOLD_STAGE_EVALUATING, soft_fail, ttl, ttl, extensions)])
+        [decision] = response.decisions
+        outcomes.append(decision.outcome)
+        job.report(0.6, [live(S.SCAFFOLD_STAGE_HOLD, soft_fail, ttl, ttl + 3, extensions + 1)])
+    assert outcomes == [S.DECISION_OUTCOME_PERSIST, S.DECISION_OUTCOME_PERSIST, S.DECISION_OUTCOME_PRUNE]
+    assert "no extension left" in decision.reason
+
+
+def test_soft_failure_without_benefit_prunes(job):
+    """A soft failure with G2 showing no benefit (host no better than its trend) prunes."""
+    deployed(job, losses=(1.0, 0.9, 0.8))
+    [decision] = job.report(0.8, [live(S.SCAFFOLD_STAGE_EVALUATING, gates(foldability=0.5), age=1)]).decisions
+    assert decision.outcome == S.DECISION_OUTCOME_PRUNE
+    assert "G2 shows no benefit" in decision.reason
+
+
+def test_hand_fold_against_failing_gate_needs_force(server, job, client, capsys):
+    """An operator fold that a gate would refuse is refused without --force, recorded as forced with it."""
+    deployed(job)
+    job.report(0.8, [live(S.SCAFFOLD_STAGE_HOLD, gates(foldability=0.2), age=1)])
+    base = ["fold", "run-7", "--module", "encoder.fc1", "--server", server.address]
+    assert main(base) == 3
+    assert "fold.force: gate(s) " in capsys.readouterr().err
+    assert main([*base, "--force", "--reason", "deadline"]) == 0
+    capsys.readouterr()
+    [decision] = client.list_decisions("run-7")
+    assert decision.forced and decision.issued_by == "operator"
+    assert decision.reason.startswith("deadline (forced past") and "G3" in decision.reason
+    [record] = client.list_commands("run-7", [command_pb2.COMMAND_STATE_PENDING])
+    assert record.forced
+
+
+def test_auto_policy_deploys_at_plateau_where_updates_stalled(server, job, client, capsys):
+    """With --auto on, a plateau leads to a policy deploy in the region with the lowest update ratio."""
+    assert main(["policy", "run-7", "--auto", "on", "--set", "auto.plateau_window=3", "--server", server.address]) == 0
+    signals = [
+        S.RegionSignal(region="encoder", update_ratio=1e-2),
+        S.RegionSignal(region="decoder", update_ratio=1e-5),
+    ]
+    for loss in (1.0, 0.6, 0.4):
+        assert not job.report(loss, region_signals=signals).commands
+    for loss in (0.399, 0.3985):
+        assert not job.report(loss, region_signals=signals).commands  # window not yet flat
+    response = job.report(0.398, region_signals=signals)
+    [decision] = response.decisions
+    assert decision.outcome == S.DECISION_OUTCOME_DEPLOY and decision.issued_by == "policy:tactical"
+    assert decision.reason.startswith("plateau: probe loss changed")
+    assert "region 'decoder' has the lowest update ratio" in decision.reason
+    [command] = response.commands
+    assert (command.deploy.module, command.deploy.blueprint, command.issued_by) == (
+        "decoder.fc1",
+        "lora",
+        "policy:tactical",
+    )
+    assert not job.report(0.398, region_signals=signals).decisions  # one policy scaffold at a time
+    capsys.readouterr()
+    assert main(["decisions", "run-7", "--server", server.address]) == 0
+    assert "plateau" in capsys.readouterr().out
+
+
+def test_auto_policy_off_by_default(job):
+    """Without --auto on, a plateau deploys nothing."""
+    for _ in range(6):
+        assert not job.report(0.5).decisions
