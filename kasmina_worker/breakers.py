@@ -2,10 +2,11 @@
 
 * Loss breaker (`LossBreaker.check`, from `step_loss`): a non-finite step loss, or a step loss
   above `spike_factor` times the mean of the finite losses in the window, cuts the alpha of every
-  live scaffold to 0 in place (`torch._foreach_mul_` by a 0/1 flag) and records the trip.
+  live scaffold to 0 in place (`torch._foreach_mul_` by a 0/1 flag) when that step's backward
+  has finished, and records the trip.
 * Seed-gradient breaker (`SeedGradGuard`, a hook on each seed parameter): a non-finite gradient
   or parameter zeroes the gradient (the poisoned update never reaches the optimiser), cuts that
-  scaffold's alpha and records the trip.
+  scaffold's alpha at the end of the backward and records the trip.
 
 The scaffold's forward replaces non-finite seed outputs by 0 and non-finite gradients into the
 seed's input by 0, so after a cut (alpha 0) the output is exactly the host's and the host stays
@@ -101,6 +102,23 @@ class StepLossRing:
         self.steps = int(state["steps"])
 
 
+def after_backward(loss: torch.Tensor, action: Callable[[], object]) -> None:
+    """Run `action` once the backward of `loss` has finished (at once if it has no backward).
+
+    Alpha is saved for backward by the blend (also inside compiled graphs), so a cut must not
+    change it between this step's forward and backward; the next forward sees it.
+    """
+    if not loss.requires_grad:
+        action()
+        return
+
+    def queue(grad: torch.Tensor) -> torch.Tensor:
+        torch.autograd.Variable._execution_engine.queue_callback(action)
+        return grad
+
+    loss.register_hook(queue)
+
+
 class LossBreaker:
     """Cuts every live scaffold's alpha on a non-finite or spiking step loss."""
 
@@ -119,9 +137,10 @@ class LossBreaker:
             spike = torch.isfinite(value) & (value > self.config.spike_factor * mean)
             bad = bad | spike
             kind = kind + spike.long() * TRIP_LOSS_SPIKE
-        if alphas:
-            torch._foreach_mul_(list(alphas), (~bad).to(alphas[0].dtype))
         self.trip.mark(bad, kind, step, value)
+        if alphas:
+            keep = (~bad).to(alphas[0].dtype)
+            after_backward(loss, lambda: torch._foreach_mul_(list(alphas), keep))
 
 
 class SeedGradGuard:
@@ -136,7 +155,8 @@ class SeedGradGuard:
     def _hook(self, param: torch.nn.Parameter) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(grad: torch.Tensor) -> torch.Tensor:
             ok = torch.isfinite(grad).all() & torch.isfinite(param.detach()).all()
-            self.alpha.mul_(ok.to(self.alpha.dtype))
+            keep = ok.to(self.alpha.dtype)
+            torch.autograd.Variable._execution_engine.queue_callback(lambda: self.alpha.mul_(keep))
             self.trip.mark(~ok, (~ok).long() * TRIP_NON_FINITE, self.step())
             return torch.where(ok, grad, torch.zeros_like(grad))
 

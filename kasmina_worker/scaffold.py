@@ -59,8 +59,7 @@ class Scaffold(nn.Module):
         h = self.host(x, *args, **kwargs)
         host_term = torch.lerp(h, h.detach(), self.isolation.to(h.dtype))
         s = torch.nan_to_num(self.seed(_FiniteGrad.apply(x), h, self.host), nan=0.0, posinf=0.0, neginf=0.0)
-        # A copy, so that a breaker may cut `alpha` in place before this step's backward.
-        y = torch.lerp(host_term, s, self.alpha.to(h.dtype, copy=True))
+        y = torch.lerp(host_term, s, self.alpha.to(h.dtype))
         if self.record_site:
             self.site = SiteTensors(x, h, s, y)
         return y
