@@ -1,0 +1,117 @@
+"""Seed parameter groups in the user's optimiser, gradient accumulation, and the safety breakers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from kasmina_testing import MLP, batch, deploy, on, result_ok, schedule, train
+
+from kasmina_worker import BreakerConfig, KasminaWorker, WorkerConfig
+from kasmina_worker.optim import GROUP_KEY
+
+
+def _worker(lr=1e-2, **kwargs):
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return model, optimizer, KasminaWorker(model, optimizer, job="opt", **kwargs)
+
+
+def test_seed_group_present_while_live_and_gone_with_its_state_after_exit():
+    """Seed params form a named group (lr from the command) while live; group and state leave at exit."""
+    model, optimizer, worker = _worker()
+    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, learning_rate=3e-3))
+    result_ok(worker.checkpoint(step=0))
+    seed_params = list(worker.scaffolds["local-1"].seed.parameters())
+    groups = [g for g in optimizer.param_groups if g.get(GROUP_KEY) == "local-1"]
+    assert len(groups) == 1 and groups[0]["lr"] == 3e-3 and groups[0]["name"] == "kasmina/local-1"
+    assert [id(p) for p in groups[0]["params"]] == [id(p) for p in seed_params]
+    assert all(p not in optimizer.state for p in seed_params)  # fresh seeds get fresh state
+    train(worker, optimizer, steps=3)
+    assert all("exp_avg" in optimizer.state[p] for p in seed_params)
+    worker.submit(on("fold", module="fc1"))
+    result_ok(worker.checkpoint(step=3))
+    assert len(optimizer.param_groups) == 1
+    assert all(p not in optimizer.state for p in seed_params)
+    train(worker, optimizer, steps=2, start=3)
+
+
+def test_default_learning_rate_is_the_blueprints():
+    """Without a command learning rate the seed group takes the blueprint's default."""
+    model, optimizer, worker = _worker()
+    worker.submit(deploy("fc2", "dense_delta"))
+    worker.checkpoint(step=0)
+    assert optimizer.param_groups[-1]["lr"] == 1e-3
+
+
+def test_gradient_accumulation_over_four_micro_batches():
+    """Accumulating 4 micro-batches gives the seed and host the full batch's gradient."""
+    model, optimizer, worker = _worker()
+    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 3}, policy=schedule(warmup_ckpts=1, decay_ckpts=4)))
+    worker.checkpoint(step=0)
+    assert worker.checkpoint(step=0).scaffold("local-1").stage == "SCAFFOLD_STAGE_DECAY"  # seed and host both train
+    scaffold = worker.scaffolds["local-1"]
+    torch.nn.init.normal_(scaffold.seed.b, std=0.5)
+    x, y = batch(0, (16, 12), 6)
+    optimizer.zero_grad()
+    for xs, ys in zip(x.chunk(4), y.chunk(4), strict=True):
+        worker.step_loss(F.mse_loss(worker.model(xs), ys) / 4).backward()
+    accumulated = [p.grad.clone() for p in model.parameters()]
+    optimizer.zero_grad()
+    worker.step_loss(F.mse_loss(worker.model(x), y)).backward()
+    assert all(g.abs().sum() > 0 for g in accumulated)
+    for got, full in zip(accumulated, [p.grad for p in model.parameters()], strict=True):
+        torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-6)
+    optimizer.step()
+    assert worker.step_losses("local-1").numel() == 5
+
+
+def test_nan_in_live_seed_is_cut_then_pruned_and_host_stays_finite():
+    """NaN in a live seed mid-interval: host stays finite, alpha is 0 from the next forward, pruned next boundary."""
+    model, optimizer, worker = _worker()
+    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, policy=schedule(warmup_ckpts=1, hold_ckpts=5)))
+    worker.checkpoint(step=0)
+    scaffold = worker.scaffolds["local-1"]
+    train(worker, optimizer, steps=3)
+    assert float(scaffold.alpha) == 0.5
+    with torch.no_grad():
+        scaffold.seed.a[0, 0] = float("nan")
+    x, y = batch(3, (8, 12), 6)
+    loss = worker.step_loss(F.mse_loss(worker.model(x), y))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert float(scaffold.alpha) == 0.0  # the first forward after detection already uses it
+    with torch.no_grad():
+        assert torch.equal(scaffold(x), scaffold.host(x))
+    losses = train(worker, optimizer, steps=4, start=4)
+    assert all(math.isfinite(v) for v in losses)
+    assert all(torch.isfinite(p).all() for p in scaffold.host.parameters())
+    assert all(torch.isfinite(p).all() for name, p in model.named_parameters() if ".seed." not in name)
+    summary = worker.checkpoint(step=8)
+    assert "local-1" not in worker.scaffolds and model.fc1 is scaffold.host
+    assert summary.scaffold("local-1").stage == "SCAFFOLD_STAGE_PRUNED"
+    (event,) = summary.events
+    assert event.scaffold_id == "local-1" and event.kind == "non_finite" and event.step == 3
+    assert summary.report.safety_events[0] == event
+    assert all(math.isfinite(v) for v in train(worker, optimizer, steps=3, start=8))
+
+
+def test_loss_spike_cuts_every_live_scaffold():
+    """A step loss far above the window mean cuts alpha after that step's backward and prunes at the boundary."""
+    model, optimizer, worker = _worker(config=WorkerConfig(breakers=BreakerConfig(spike_factor=5.0)))
+    worker.submit(deploy("fc1", "lora", command_id="a", blueprint_params={"rank": 2}))
+    worker.submit(deploy("fc2", "dense_delta", command_id="b"))
+    worker.checkpoint(step=0)
+    train(worker, optimizer, steps=6)
+    x, y = batch(6, (8, 12), 6)
+    loss = worker.step_loss(F.mse_loss(worker.model(x), y * 100))
+    assert all(float(s.alpha) > 0 for s in worker.scaffolds.values())  # not changed before backward
+    loss.backward()
+    assert all(float(s.alpha) == 0 for s in worker.scaffolds.values())
+    summary = worker.checkpoint(step=7)
+    assert sorted(e.scaffold_id for e in summary.events) == ["a", "b"]
+    assert {e.kind for e in summary.events} == {"loss_spike"}
+    assert not worker.scaffolds
