@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import structlog
+import torch
 from torch import nn
 
 from kasmina_worker.blueprints import get_blueprint
@@ -47,8 +48,11 @@ class CommandApplier:
         job: str,
         regions: Sequence[job_pb2.Region],
         on_exit: Callable[[LiveScaffold, int, str], None],
+        site_inputs: Callable[[str], list[torch.Tensor]],
     ) -> None:
         self.runtime = runtime
+        self.site_inputs = site_inputs
+        self.fold_parity: dict[str, float] = {}
         self.job = job
         self.regions = list(regions)
         self.on_exit = on_exit
@@ -210,7 +214,9 @@ class CommandApplier:
         alpha = float(live.module.alpha)
         if target is None or alpha == target:
             self._exit_now(live, kind, command_id, boundary)
-            return f"{kind} at alpha {alpha:.6g}"
+            parity = self.fold_parity.get(live.scaffold_id)
+            measured = "" if parity is None else f", site parity rel err {parity:.3g}"
+            return f"{kind} at alpha {alpha:.6g}{measured}"
         live.schedule.start_sunset(target)
         live.exit, live.exit_command = kind, command_id
         self.runtime.apply_schedule(live)
@@ -222,10 +228,17 @@ class CommandApplier:
 
     def _exit_now(self, live: LiveScaffold, kind: str, command_id: str, boundary: int) -> None:
         if kind == EXIT_FOLD:
+            inputs = self.site_inputs(live.plan.module_name)
+            with torch.no_grad():
+                before = [live.module(x) for x in inputs]
             try:
                 self.runtime.fold(live, boundary)
             except FoldError as error:
                 raise Rejected("fold.scaffold", str(error)) from None
+            if inputs:
+                with torch.no_grad():
+                    after = [live.module.host(x) for x in inputs]
+                self.fold_parity[live.scaffold_id] = relative_change(before, after)
             stage = telemetry_pb2.SCAFFOLD_STAGE_FUSED
         elif kind == EXIT_TRANSFER:
             self.runtime.prune(live, stage=telemetry_pb2.SCAFFOLD_STAGE_FUSED)
@@ -268,6 +281,13 @@ class CommandApplier:
             raise Rejected(f"rollback.scaffold.{kind}", f"a later fold on '{module}' must be rolled back first")
         live = self.runtime.rollback(record, boundary)
         return live.scaffold_id, f"restored host '{module}' and scaffold '{live.scaffold_id}'"
+
+
+def relative_change(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """`‖after - before‖ / ‖before‖` over all site outputs (G3's foldability is 1 minus this)."""
+    diff = torch.sqrt(sum(((a.float() - b.float()) ** 2).sum() for a, b in zip(after, before, strict=True)))
+    norm = torch.sqrt(sum((b.float() ** 2).sum() for b in before))
+    return float(diff / norm.clamp_min(1e-30))
 
 
 def exact_alpha(kind: str, fold_kind: int) -> float | None:

@@ -8,7 +8,8 @@ the schedules, and (6) returns a `BoundarySummary`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -88,7 +89,9 @@ class KasminaWorker:
         self._ring = StepLossRing(self.config.breakers.window, device)
         self._loss_breaker = LossBreaker(self.config.breakers, self._ring, device)
         self._runtime = ScaffoldRuntime(model, optimizer, job, self._ring, step=lambda: self._steps - 1)
-        self._applier = CommandApplier(self._runtime, job, _regions(regions), on_exit=self._on_exit)
+        self._applier = CommandApplier(
+            self._runtime, job, _regions(regions), on_exit=self._on_exit, site_inputs=self._site_inputs
+        )
         self._queue = LocalQueue()
         self._transport = transport
         self._teacher = Teacher(model, probe_losses)
@@ -153,14 +156,36 @@ class KasminaWorker:
         """Mean `loss_fn(model(x), y)` over the probe batches in eval mode; None without a probe."""
         if not self._probe or self._loss_fn is None:
             return None
+        with self._eval_mode():
+            losses = [self._loss_fn(self._root(x), y).float() for x, y in self._probe]
+        return float(torch.stack(losses).mean())
+
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Eval mode for probe passes, each module's own mode restored after."""
         modes = [(m, m.training) for m in self._root.modules()]
         self._root.eval()
         try:
-            losses = [self._loss_fn(self._root(x), y).float() for x, y in self._probe]
+            yield
         finally:
             for module, training in modes:
                 module.training = training
-        return float(torch.stack(losses).mean())
+
+    @torch.no_grad()
+    def _site_inputs(self, module_name: str) -> list[torch.Tensor]:
+        """The inputs a module receives on the probe batches (empty without a probe)."""
+        if not self._probe:
+            return []
+        seen: list[torch.Tensor] = []
+        site = self._root.get_submodule(module_name)
+        handle = site.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+        try:
+            with self._eval_mode():
+                for x, _ in self._probe:
+                    self._root(x)
+        finally:
+            handle.remove()
+        return seen
 
     # ---- the boundary ----------------------------------------------------------------------
 
@@ -182,6 +207,9 @@ class KasminaWorker:
         before = {sid: live.schedule.in_sunset for sid, live in self._runtime.live.items()}
         results = [self._applier.apply(command, k) for command in commands]
         results.extend(self._advance(before, k))
+        for sid, parity in self._applier.fold_parity.items():
+            gates.setdefault(sid, telemetry_pb2.GateTelemetry()).foldability = 1.0 - parity
+        self._applier.fold_parity.clear()
         self._boundary = k
         self._after_structure_change()
         self._unreported_results = list(results)
