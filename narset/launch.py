@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -14,35 +12,35 @@ __all__ = ["ServeProcess"]
 
 
 class ServeProcess:
-    """`narset serve` as a real child process on a free loopback port."""
+    """`narset serve` as a real child process on a free loopback port; its JSON logs go to `log_path`."""
 
-    def __init__(self, db_path: Path, grace_s: float = 3.0, log_level: str = "info") -> None:
+    def __init__(self, db_path: Path, grace_s: float = 3.0, log_level: str = "info", timeout_s: float = 60.0) -> None:
+        self.log_path = db_path.with_suffix(".log")
+        ready = db_path.with_suffix(".address")
+        ready.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "narset", "serve", "--address", "127.0.0.1:0", "--db", str(db_path)]
-        argv += ["--grace", str(grace_s), "--log-format", "json", "--log-level", log_level]
-        self.process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-        self.address = self._wait_started()
+        argv += ["--grace", str(grace_s), "--log-level", log_level, "--ready-file", str(ready)]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout_s
+        while not ready.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"narset serve exited with {self.process.returncode}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"narset serve did not listen within {timeout_s} s; see {self.log_path}")
+            time.sleep(0.02)
+        self.address = ready.read_text().strip()
 
     @property
     def pid(self) -> int:
         return self.process.pid
-
-    def _wait_started(self, timeout_s: float = 60.0) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
-            if not line:
-                raise RuntimeError(f"narset serve exited with {self.process.wait()} before listening")
-            record = json.loads(line)
-            if record.get("event") == "server.started":
-                # Keep draining stderr so the server never blocks on a full pipe.
-                threading.Thread(target=self.process.stderr.read, daemon=True).start()
-                return record["address"]
-        raise TimeoutError("narset serve did not start listening")
 
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
 
     def terminate(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM (graceful shutdown) and the exit code."""
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout_s)

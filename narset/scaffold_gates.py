@@ -13,9 +13,9 @@ TREND_WINDOW = 5  # pre-deploy boundaries whose probe losses give G2's trend
 
 def _probe_losses(store: Store, job_id: str, first: int, last: int) -> list[float]:
     losses = []
-    for _, body in store.report_bodies(job_id, since_boundary=first):
+    for _, body in store.report_bodies(job_id, first, last):
         report = worker_service_pb2.ReportBoundaryRequest.FromString(body)
-        if report.boundary <= last and report.HasField("probe_loss"):
+        if report.HasField("probe_loss"):
             losses.append(report.probe_loss)
     return losses
 

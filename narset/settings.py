@@ -23,6 +23,9 @@ class ServerSettings(BaseSettings):
 
     address: str = Field("127.0.0.1:50051", description="host:port to listen on; port 0 picks a free one")
     db_path: Path = Field(Path("narset.db"), description="SQLite database file (created if missing)")
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        "normal", description="normal: survives kill -9; full: also power loss, an fsync per commit"
+    )
     grace_s: float = Field(5.0, gt=0, description="seconds in-flight RPCs get to finish at shutdown")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request accepted")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

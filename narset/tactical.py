@@ -55,8 +55,7 @@ class TacticalPolicy:
     def _window(self, job_id: str, boundary: int, window: int) -> tuple[list[float], str]:
         reports = [
             worker_service_pb2.ReportBoundaryRequest.FromString(body)
-            for b, body in self._store.report_bodies(job_id, since_boundary=boundary - window)
-            if b <= boundary
+            for _, body in self._store.report_bodies(job_id, boundary - window, boundary)
         ]
         if len(reports) == window + 1 and all("val_loss" in r.metrics for r in reports):
             return [r.metrics["val_loss"] for r in reports], "val_loss"

@@ -252,7 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_format=args.log_format,
     )
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, ready_file=args.ready_file))
     return EXIT_OK
 
 
@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace", type=float, help="shutdown grace period in seconds")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["json", "console"])
+    serve.add_argument("--ready-file", type=Path, help="write the bound host:port here once listening")
 
     def query(name: str, handler, help_text: str, job: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 
 import grpc
 import structlog
@@ -50,7 +51,7 @@ class NarsetServer:
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
-        store = Store.open(self.settings.db_path)
+        store = Store.open(self.settings.db_path, self.settings.sqlite_synchronous)
         with store.transaction():
             for blueprint in BUILTIN_BLUEPRINTS:
                 store.put_blueprint(blueprint)
@@ -101,16 +102,22 @@ class NarsetServer:
         await self.stop()
 
 
-async def serve(settings: ServerSettings, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(settings: ServerSettings, ready_file: Path | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully.
+
+    With `ready_file`, the bound host:port is written there once the server listens (how a parent
+    process learns the port it got for port 0).
+    """
     server = NarsetServer(settings)
-    await server.start()
+    port = await server.start()
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
-    if ready is not None:
-        ready.set()
+    if ready_file is not None:
+        partial = ready_file.with_name(ready_file.name + ".partial")
+        partial.write_text(f"{settings.address.rpartition(':')[0]}:{port}\n")
+        partial.replace(ready_file)
     try:
         await stop_requested.wait()
         log.info("server.stopping", reason="signal")

@@ -1,7 +1,7 @@
 """The durable store of Narset: SQLite in WAL mode behind a small repository API.
 
-Every write happens inside `transaction()`, committed before the RPC that caused it answers, with
-`synchronous=FULL`, so nothing acknowledged is lost on `kill -9`. One connection, used from the
+Every write happens inside `transaction()`, committed to the write-ahead log before the RPC that
+caused it answers, so nothing acknowledged is lost on `kill -9`. One connection, used from the
 server's event-loop thread only.
 """
 
@@ -35,14 +35,20 @@ class Store:
         self.path = path
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
-        """Open (creating if needed) and migrate the database at `path`."""
+    def open(cls, path: str | Path, synchronous: str = "normal") -> Store:
+        """Open (creating if needed) and migrate the database at `path`.
+
+        In WAL mode `synchronous=normal` loses nothing committed when the process dies (kill -9);
+        `full` also survives an OS crash or power loss, at an fsync per commit.
+        """
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
         path = str(path)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
         store = cls(db, path)
@@ -233,10 +239,11 @@ class Store:
             (job_id, boundary, received_at, body),
         )
 
-    def report_bodies(self, job_id: str, since_boundary: int = 0) -> list[tuple[int, bytes]]:
+    def report_bodies(self, job_id: str, first: int, last: int) -> list[tuple[int, bytes]]:
+        """Stored reports of boundaries first..last (inclusive), oldest first."""
         rows = self._db.execute(
-            "SELECT boundary, body FROM reports WHERE job_id = ? AND boundary >= ? ORDER BY boundary",
-            (job_id, since_boundary),
+            "SELECT boundary, body FROM reports WHERE job_id = ? AND boundary BETWEEN ? AND ? ORDER BY boundary",
+            (job_id, first, last),
         )
         return rows.fetchall()
 

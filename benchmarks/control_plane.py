@@ -1,0 +1,156 @@
+"""Control-plane throughput: N simulated jobs attach to a real `narset serve` and exchange boundary
+reports as fast as they can for a fixed time.
+
+    python benchmarks/control_plane.py --jobs 200 --seconds 20
+
+Each job is rank 0 of a training job as Narset sees it: it attaches with a 24-module tree, then
+reports boundary after boundary with a probe loss, metrics, two live scaffolds with full gate
+telemetry and region signals, acknowledging every command it receives. One deploy per job is
+submitted through the operator API during the run, so the ledger and decision paths are exercised.
+Prints reports/s, exchange latency p50/p99 and the server's resident memory (peak and at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+from narset.launch import ServeProcess
+from narset.v1 import (
+    command_pb2,
+    job_pb2,
+    operator_service_pb2,
+    operator_service_pb2_grpc,
+    telemetry_pb2,
+    worker_service_pb2,
+    worker_service_pb2_grpc,
+)
+
+
+def attach_request(job_id: str) -> worker_service_pb2.AttachRequest:
+    modules = [
+        job_pb2.ModuleInfo(
+            name=f"blocks.{block}.{name}",
+            type="Linear",
+            in_features=256,
+            out_features=256,
+            parameters=[job_pb2.ParameterInfo(name="weight", shape=[256, 256], dtype="float32")],
+        )
+        for block in range(8)
+        for name in ("attn", "fc1", "fc2")
+    ]
+    regions = [job_pb2.Region(name=f"block{b}", patterns=[f"blocks.{b}.*"]) for b in range(8)]
+    return worker_service_pb2.AttachRequest(job_id=job_id, world_size=8, modules=modules, regions=regions)
+
+
+def scaffold(scaffold_id: str, module: str, boundary: int) -> telemetry_pb2.ScaffoldReport:
+    return telemetry_pb2.ScaffoldReport(
+        scaffold_id=scaffold_id,
+        module=module,
+        blueprint="lora",
+        stage=telemetry_pb2.SCAFFOLD_STAGE_HOLD,
+        alpha=0.5,
+        age_ckpts=boundary,
+        ttl_ckpts=10**6,
+        gates=telemetry_pb2.GateTelemetry(
+            transfer_rel_delta=0.001,
+            foldability=0.99,
+            jitter_p95=0.01,
+            drift=0.01,
+            diversity=0.9,
+            step_time_ratio=1.01,
+            memory_fraction=0.4,
+        ),
+    )
+
+
+async def run_job(address: str, job_id: str, deadline: float, latencies: list[float]) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        worker = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        operator = operator_service_pb2_grpc.OperatorServiceStub(channel)
+        session = (await worker.Attach(attach_request(job_id))).session_id
+        deploy = command_pb2.AdaptationCommand(command_id=f"{job_id}-deploy", job_id=job_id)
+        deploy.deploy.module, deploy.deploy.blueprint = "blocks.3.fc1", "lora"
+        await operator.SubmitCommand(operator_service_pb2.SubmitCommandRequest(command=deploy))
+        boundary, results, live = 0, [], []
+        while time.monotonic() < deadline:
+            boundary += 1
+            request = worker_service_pb2.ReportBoundaryRequest(
+                job_id=job_id,
+                session_id=session,
+                boundary=boundary,
+                step=100 * boundary,
+                probe_loss=1.0 / boundary,
+                metrics={"val_loss": 1.0 / boundary, "lr": 3e-4},
+                scaffolds=live,
+                results=results,
+                region_signals=[telemetry_pb2.RegionSignal(region=f"block{b}", update_ratio=1e-3) for b in range(8)],
+                step_time_ms=120.0,
+            )
+            started = time.perf_counter()
+            response = await worker.ReportBoundary(request)
+            latencies.append(time.perf_counter() - started)
+            results = [
+                telemetry_pb2.CommandResult(
+                    command_id=c.command_id, outcome=telemetry_pb2.COMMAND_OUTCOME_APPLIED, boundary=boundary
+                )
+                for c in response.commands
+            ]
+            if any(c.WhichOneof("action") == "deploy" for c in response.commands):
+                live = [scaffold(f"{job_id}-deploy", "blocks.3.fc1", 1)]
+            live = [scaffold(s.scaffold_id, s.module, s.age_ckpts + 1) for s in live]
+        return boundary
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(current, peak) resident set size of `pid` in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServeProcess(Path(tmp) / "narset.db", log_level="warning")
+        try:
+            idle_rss, _ = rss_kib(server.pid)
+            latencies: list[float] = []
+            deadline = time.monotonic() + args.seconds
+            started = time.monotonic()
+            boundaries = await asyncio.gather(
+                *(run_job(server.address, f"job-{i:04d}", deadline, latencies) for i in range(args.jobs))
+            )
+            elapsed = time.monotonic() - started
+            rss, peak = rss_kib(server.pid)
+        finally:
+            server.terminate()
+    latencies.sort()
+
+    def ms(quantile: float) -> float:
+        return latencies[min(len(latencies) - 1, int(quantile * len(latencies)))] * 1000
+
+    print(f"jobs                 {args.jobs}")
+    print(f"duration             {elapsed:.1f} s")
+    print(f"reports              {len(latencies)} ({min(boundaries)}..{max(boundaries)} per job)")
+    print(f"reports/s            {len(latencies) / elapsed:.0f}")
+    mean = statistics.mean(latencies) * 1000
+    print(f"exchange latency     p50 {ms(0.50):.2f} ms   p99 {ms(0.99):.2f} ms   mean {mean:.2f} ms")
+    print(
+        f"server RSS           idle {idle_rss / 1024:.0f} MiB   end {rss / 1024:.0f} MiB   peak {peak / 1024:.0f} MiB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=200, help="simulated jobs (default 200)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long to run (default 20)")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
