@@ -4,9 +4,9 @@
   above `spike_factor` times the mean of the finite losses in the window, cuts the alpha of every
   live scaffold to 0 in place (`torch._foreach_mul_` by a 0/1 flag) when that step's backward
   has finished, and records the trip.
-* Seed-gradient breaker (`SeedGradGuard`, a hook on each seed parameter): a non-finite gradient
-  or parameter zeroes the gradient (the poisoned update never reaches the optimiser), cuts that
-  scaffold's alpha at the end of the backward and records the trip.
+* Seed breaker (`SeedGuard`, checked in the same call): a non-finite seed parameter (which is
+  where a non-finite seed gradient lands after the optimiser step) cuts that scaffold's alpha
+  when the step's backward has finished, and records the trip.
 
 The scaffold's forward replaces non-finite seed outputs by 0 and non-finite gradients into the
 seed's input by 0, so after a cut (alpha 0) the output is exactly the host's and the host stays
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BreakerConfig", "LossBreaker", "SeedGradGuard", "StepLossRing", "TRIP_LOSS_SPIKE", "TRIP_NON_FINITE"]
+__all__ = ["BreakerConfig", "LossBreaker", "SeedGuard", "StepLossRing", "TRIP_LOSS_SPIKE", "TRIP_NON_FINITE"]
 
 TRIP_NON_FINITE = 1
 TRIP_LOSS_SPIKE = 2
@@ -47,30 +47,29 @@ class BreakerConfig:
             raise ValueError(f"min_history must be in [1, window={self.window}], got {self.min_history}")
 
 
+NEVER = torch.iinfo(torch.int64).max
+
+
 class _Trip:
-    """An on-device trip record: kind bits and the first step that tripped (-1: none)."""
+    """An on-device trip record: kind bits and the first step that tripped."""
 
     def __init__(self, device: torch.device) -> None:
         self.kind = torch.zeros((), dtype=torch.int64, device=device)
-        self.step = torch.full((), -1, dtype=torch.int64, device=device)
-        self.value = torch.full((), math.nan, dtype=torch.float32, device=device)
+        self.first = torch.full((), NEVER, dtype=torch.int64, device=device)
 
-    def mark(self, flag: torch.Tensor, kind: torch.Tensor, step: int, value: torch.Tensor | None = None) -> None:
+    def mark(self, flag: torch.Tensor, kind: torch.Tensor, step: int) -> None:
         """Record `kind` (already 0 where `flag` is false) at `step` when `flag` holds."""
-        first = flag & (self.step < 0)
-        self.step.copy_(torch.where(first, step, self.step))
-        if value is not None:
-            self.value.copy_(torch.where(first, value.detach().float(), self.value))
         self.kind.bitwise_or_(kind)
+        torch.minimum(self.first, torch.where(flag, step, NEVER), out=self.first)
 
-    def read(self) -> tuple[int, int, float]:
-        """(kind bits, step, value); synchronises, boundaries only."""
-        return int(self.kind), int(self.step), float(self.value)
+    def read(self) -> tuple[int, int]:
+        """(kind bits, first step or -1); synchronises, boundaries only."""
+        kind, first = int(self.kind), int(self.first)
+        return kind, -1 if first == NEVER else first
 
     def reset(self) -> None:
         self.kind.zero_()
-        self.step.fill_(-1)
-        self.value.fill_(math.nan)
+        self.first.fill_(NEVER)
 
 
 class StepLossRing:
@@ -81,10 +80,16 @@ class StepLossRing:
         self.buffer = torch.full((window,), math.nan, dtype=torch.float32, device=device)
         self.steps = 0
 
-    def record(self, loss: torch.Tensor) -> None:
-        value = loss.detach().float().reshape(())
-        self.buffer[self.steps % self.window] = torch.where(torch.isfinite(value), value, math.nan)
+    def record(self, value: torch.Tensor, finite: torch.Tensor) -> None:
+        """Write a 0-dim fp32 step loss (NaN where not `finite`)."""
+        self.buffer[self.steps % self.window] = torch.where(finite, value, math.nan)
         self.steps += 1
+
+    def at(self, step: int) -> float | None:
+        """The loss recorded at ring step `step` if still in the window; synchronises."""
+        if not 0 <= self.steps - 1 - step < self.window:
+            return None
+        return float(self.buffer[step % self.window])
 
     def since(self, start_step: int) -> torch.Tensor:
         """Losses recorded from `start_step` on (at most `window`), oldest first; on-device."""
@@ -127,42 +132,46 @@ class LossBreaker:
         self.ring = ring
         self.trip = _Trip(device)
 
-    def check(self, loss: torch.Tensor, alphas: Sequence[torch.Tensor], step: int) -> None:
-        """Judge this step's loss against the window (before recording it); no sync."""
-        value = loss.detach().float().reshape(())
-        bad = ~torch.isfinite(value)
-        kind = bad.long() * TRIP_NON_FINITE
+    def observe(self, loss: torch.Tensor, guards: Sequence[SeedGuard], step: int) -> None:
+        """Judge this step's loss against the window and every live seed, record the loss; no sync.
+
+        The cuts are applied to the alphas once this step's backward has finished.
+        """
+        value = loss.detach().reshape(()).float()
+        finite = torch.isfinite(value)
+        bad = ~finite
+        kind = bad.long()
         if self.ring.steps >= self.config.min_history and math.isfinite(self.config.spike_factor):
-            mean = torch.nanmean(self.ring.buffer)
-            spike = torch.isfinite(value) & (value > self.config.spike_factor * mean)
+            spike = value > self.config.spike_factor * torch.nanmean(self.ring.buffer)
             bad = bad | spike
             kind = kind + spike.long() * TRIP_LOSS_SPIKE
-        self.trip.mark(bad, kind, step, value)
-        if alphas:
-            keep = (~bad).to(alphas[0].dtype)
-            after_backward(loss, lambda: torch._foreach_mul_(list(alphas), keep))
+        self.trip.mark(bad, kind, step)
+        self.ring.record(value, finite)
+        if guards:
+            alphas = [guard.alpha for guard in guards]
+            keeps = [(guard.check(step) & ~bad).to(guard.alpha.dtype) for guard in guards]
+            after_backward(loss, lambda: torch._foreach_mul_(alphas, keeps))
 
 
-class SeedGradGuard:
-    """Gradient hooks on one scaffold's seed parameters: zero and cut on non-finite values."""
+class SeedGuard:
+    """Watches one scaffold's seed parameters: any non-finite value cuts that scaffold's alpha.
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], alpha: torch.Tensor, step: Callable[[], int]) -> None:
+    One fused norm over the seed's parameters per step; a NaN/Inf gradient shows up as a
+    non-finite parameter after the optimiser step and is caught at the next step. The host is
+    protected meanwhile by the scaffold's forward (non-finite seed outputs and seed-input
+    gradients are replaced by 0).
+    """
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], alpha: torch.Tensor) -> None:
+        self.params = list(params)
         self.alpha = alpha
-        self.step = step
         self.trip = _Trip(alpha.device)
-        self._handles = [p.register_hook(self._hook(p)) for p in params]
 
-    def _hook(self, param: torch.nn.Parameter) -> Callable[[torch.Tensor], torch.Tensor]:
-        def hook(grad: torch.Tensor) -> torch.Tensor:
-            ok = torch.isfinite(grad).all() & torch.isfinite(param.detach()).all()
-            keep = ok.to(self.alpha.dtype)
-            torch.autograd.Variable._execution_engine.queue_callback(lambda: self.alpha.mul_(keep))
-            self.trip.mark(~ok, (~ok).long() * TRIP_NON_FINITE, self.step())
-            return torch.where(ok, grad, torch.zeros_like(grad))
-
-        return hook
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+    def check(self, step: int) -> torch.Tensor:
+        """0-dim bool: every seed parameter is finite; records a trip when not."""
+        if not self.params:
+            return torch.ones((), dtype=torch.bool, device=self.alpha.device)
+        ok = torch.isfinite(torch.stack(torch._foreach_norm(self.params))).all()
+        bad = ~ok
+        self.trip.mark(bad, bad.long(), step)
+        return ok

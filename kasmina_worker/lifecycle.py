@@ -6,7 +6,6 @@ router folds; every method runs at a boundary, may synchronise, and logs one eve
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -15,7 +14,7 @@ from torch import nn
 
 from kasmina_worker import optim
 from kasmina_worker.blueprints import BlueprintSpec, BuildContext, get_blueprint
-from kasmina_worker.breakers import SeedGradGuard, StepLossRing
+from kasmina_worker.breakers import SeedGuard, StepLossRing
 from kasmina_worker.fold import FoldRecord, ParamSwap, fold_delta, fold_router, unfold_delta, unfold_router
 from kasmina_worker.hosts import module_info
 from kasmina_worker.scaffold import Scaffold
@@ -55,7 +54,7 @@ class LiveScaffold:
     deployed_boundary: int
     start_step: int
     host_requires_grad: dict[str, bool]
-    guard: SeedGradGuard | None = None
+    guard: SeedGuard | None = None
     exit: str = ""
     exit_command: str = ""
     trips: list[str] = field(default_factory=list)
@@ -115,10 +114,8 @@ class ScaffoldRuntime:
         optimizer: torch.optim.Optimizer,
         job: str,
         ring: StepLossRing,
-        step: Callable[[], int],
     ) -> None:
         self.root = root
-        self.step = step
         self.optimizer = optimizer
         self.job = job
         self.ring = ring
@@ -158,7 +155,7 @@ class ScaffoldRuntime:
             start_step=start_step,
             host_requires_grad=requires_grad,
         )
-        live.guard = SeedGradGuard(list(seed.parameters()), module.alpha, self.step)
+        live.guard = SeedGuard(list(seed.parameters()), module.alpha)
         self.live[plan.scaffold_id] = live
         self.apply_schedule(live)
         self.structure_version += 1
@@ -178,8 +175,6 @@ class ScaffoldRuntime:
 
     def _remove(self, live: LiveScaffold) -> dict[str, dict]:
         """Take the scaffold out of the tree and the optimiser; returns the seed's optimiser state."""
-        if live.guard is not None:
-            live.guard.remove()
         state = optim.remove_seed_group(self.optimizer, live.scaffold_id, live.module.seed)
         for name, param in live.module.host.named_parameters():
             param.requires_grad_(live.host_requires_grad.get(name, True))

@@ -1,8 +1,9 @@
 """The scaffold module: a host module and a seed blended by two 0-dim buffers.
 
-`y = lerp(lerp(h, h.detach(), isolation), nan_to_num(s), alpha)`: the same graph whatever the
-lifecycle state. `alpha` and `isolation` change only at boundaries (`fill_` under `no_grad`) or
-on-device by a safety breaker, so a compiled graph never sees a Python float change.
+`y = lerp(lerp(h, h.detach(), isolation), nan_to_num(s), alpha)`, computed by one fused autograd
+function: the same graph whatever the lifecycle state. `alpha` and `isolation` change only at
+boundaries (`fill_` under `no_grad`) or on-device by a safety breaker, so a compiled graph never
+sees a Python float change.
 """
 
 from __future__ import annotations
@@ -28,6 +29,24 @@ class _FiniteGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class _Blend(torch.autograd.Function):
+    """`lerp(h, nan_to_num(s), alpha)` whose backward gives h `(1 - alpha)(1 - isolation)` of the
+    gradient and s `alpha` of it: the value and gradients of
+    `lerp(lerp(h, h.detach(), isolation), s, alpha)` in one pass each way."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, s: torch.Tensor, alpha: torch.Tensor, isolation: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(alpha, isolation)
+        return torch.lerp(h, torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0), alpha)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        alpha, isolation = ctx.saved_tensors
+        grad_h = grad * ((1 - alpha) * (1 - isolation)) if ctx.needs_input_grad[0] else None
+        grad_s = grad * alpha if ctx.needs_input_grad[1] else None
+        return grad_h, grad_s, None, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +76,8 @@ class Scaffold(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         h = self.host(x, *args, **kwargs)
-        host_term = torch.lerp(h, h.detach(), self.isolation.to(h.dtype))
-        s = torch.nan_to_num(self.seed(_FiniteGrad.apply(x), h, self.host), nan=0.0, posinf=0.0, neginf=0.0)
-        y = torch.lerp(host_term, s, self.alpha.to(h.dtype))
+        s = self.seed(_FiniteGrad.apply(x), h, self.host)
+        y = _Blend.apply(h, s, self.alpha.to(h.dtype), self.isolation.to(h.dtype))
         if self.record_site:
             self.site = SiteTensors(x, h, s, y)
         return y

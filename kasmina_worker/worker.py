@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from kasmina_worker import state as state_io
-from kasmina_worker.breakers import TRIP_LOSS_SPIKE, TRIP_NON_FINITE, BreakerConfig, LossBreaker, StepLossRing
+from kasmina_worker.breakers import (
+    TRIP_LOSS_SPIKE,
+    TRIP_NON_FINITE,
+    BreakerConfig,
+    LossBreaker,
+    SeedGuard,
+    StepLossRing,
+)
 from kasmina_worker.commands import CommandApplier
 from kasmina_worker.lifecycle import LiveScaffold, ScaffoldRuntime
 from kasmina_worker.optim import seed_group_order
@@ -88,7 +95,7 @@ class KasminaWorker:
         self._steps = 0
         self._ring = StepLossRing(self.config.breakers.window, device)
         self._loss_breaker = LossBreaker(self.config.breakers, self._ring, device)
-        self._runtime = ScaffoldRuntime(model, optimizer, job, self._ring, step=lambda: self._steps - 1)
+        self._runtime = ScaffoldRuntime(model, optimizer, job, self._ring)
         self._applier = CommandApplier(
             self._runtime, job, _regions(regions), on_exit=self._on_exit, site_inputs=self._site_inputs
         )
@@ -96,7 +103,7 @@ class KasminaWorker:
         self._transport = transport
         self._teacher = Teacher(model, probe_losses)
         self._boundary = 0
-        self._alphas: list[torch.Tensor] = []
+        self._guards: list[SeedGuard] = []
         self._exits: list[telemetry_pb2.ScaffoldReport] = []
         self._unreported_reports: list[telemetry_pb2.ScaffoldReport] = []
         self._unreported_results: list[telemetry_pb2.CommandResult] = []
@@ -137,10 +144,9 @@ class KasminaWorker:
     def step_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Add the teaching terms and record the step loss on-device; `loss` itself when idle."""
         self._steps += 1
-        if not self._alphas:
+        if not self._guards:
             return loss
-        self._loss_breaker.check(loss, self._alphas, self._steps - 1)
-        self._ring.record(loss)
+        self._loss_breaker.observe(loss, self._guards, self._steps - 1)
         if self._teacher.active:
             extra = self._teacher.terms(self._steps)
             if extra is not None:
@@ -252,14 +258,16 @@ class KasminaWorker:
     def _collect_trips(self) -> list[telemetry_pb2.SafetyEvent]:
         """Read the breakers (a sync, boundaries only), prune every cut scaffold, reset the trips."""
         events = []
-        loss_kind, loss_step, loss_value = self._loss_breaker.trip.read()
+        loss_kind, loss_step = self._loss_breaker.trip.read()
+        loss_value = self._ring.at(self._ring.steps - (self._steps - loss_step)) if loss_kind else None
+        detail = f"step loss {loss_value:.6g}" if loss_value is not None else "step loss"
         for live in list(self._runtime.live.values()):
-            grad_kind, grad_step, _ = live.guard.trip.read()
+            grad_kind, grad_step = live.guard.trip.read()
             found = []
             if loss_kind:
-                found += [(bit, loss_step, f"step loss {loss_value:.6g}") for bit in TRIP_NAMES if loss_kind & bit]
+                found += [(bit, loss_step, detail) for bit in TRIP_NAMES if loss_kind & bit]
             if grad_kind:
-                found.append((TRIP_NON_FINITE, grad_step, "non-finite seed gradient or parameter"))
+                found.append((TRIP_NON_FINITE, grad_step, "non-finite seed parameter"))
             if not found:
                 continue
             gates = telemetry_pb2.GateTelemetry()
@@ -302,7 +310,7 @@ class KasminaWorker:
     def _after_structure_change(self) -> None:
         """Refresh what the per-step path reads: live alphas, teaching sites, breaker trips."""
         lives = list(self._runtime.live.values())
-        self._alphas = [live.module.alpha for live in lives]
+        self._guards = [live.guard for live in lives]
         for live in lives:
             live.guard.trip.reset()
         self._teacher.configure(
