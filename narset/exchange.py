@@ -11,6 +11,8 @@ import math
 import time
 import uuid
 
+import structlog
+
 from narset.decisions import DecisionEngine
 from narset.errors import Refusal
 from narset.events import EventHub
@@ -22,6 +24,8 @@ from narset.tactical import TacticalPolicy
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
 
 __all__ = ["Exchange"]
+
+log = structlog.get_logger("narset.exchange")
 
 PROTOCOL_VERSION = 1
 _S = command_pb2
@@ -231,9 +235,9 @@ class Exchange:
     def _record_result(self, job: job_pb2.Job, result: telemetry_pb2.CommandResult) -> None:
         record = self._store.get_command(result.command_id)
         if record is None or record.command.job_id != job.job_id:
-            raise Refusal.not_found(
-                "report.results.command_id", f"job '{job.job_id}' has no command '{result.command_id}'"
-            )
+            # A command Narset never issued (submitted locally in the job): nothing to record.
+            log.info("report.foreign_result", job_id=job.job_id, command_id=result.command_id)
+            return
         if record.state in (_S.COMMAND_STATE_APPLIED, _S.COMMAND_STATE_REJECTED):
             return  # a retried report: the result is already recorded
         applied = result.outcome == telemetry_pb2.COMMAND_OUTCOME_APPLIED

@@ -153,11 +153,10 @@ def test_reattach_reconciles_restored_state(client, worker_stub, attached):
             {"scaffolds": [telemetry_pb2.ScaffoldReport(scaffold_id="x", gates={"foldability": float("nan")})]},
             "report.scaffolds[0].gates.foldability",
         ),
-        ({"results": [telemetry_pb2.CommandResult(command_id="ghost")]}, "report.results.command_id"),
     ],
 )
 def test_bad_report_is_refused_and_changes_nothing(client, worker_stub, attached, fields, field):
-    """NaN in a report, boundary 0 or a result for an unknown command: refused naming the field, nothing stored."""
+    """NaN in a report or boundary 0: refused naming the field, nothing stored."""
     submit_deploy(client)
     before = (client.get_job("run-7").job.last_boundary, [r.state for r in client.list_commands("run-7")])
     base = {"job_id": "run-7", "session_id": attached.session_id, "boundary": 1, "step": 100}
@@ -199,3 +198,12 @@ def test_watch_receives_submitted_command(client, attached):
     assert received[0].kind == job_pb2.EVENT_KIND_JOB_ATTACHED
     assert received[-1].attributes["command_id"] == "dep-1"
     stream.close()
+
+
+def test_result_for_a_command_narset_never_issued_is_ignored(client, worker_stub, attached):
+    """A job reporting the result of a locally submitted command is not refused; the ledger is unchanged."""
+    submit_deploy(client)
+    before = client.list_commands("run-7")
+    response = worker_stub.ReportBoundary(report(attached, 1, results=[result("local-1", 1)]))
+    assert [c.command_id for c in response.commands] == ["dep-1"]
+    assert [r.command.command_id for r in client.list_commands("run-7")] == [r.command.command_id for r in before]
