@@ -28,7 +28,9 @@ from kasmina_worker.breakers import (
 )
 from kasmina_worker.commands import CommandApplier
 from kasmina_worker.lifecycle import LiveScaffold, ScaffoldRuntime
+from kasmina_worker.narset_transport import NarsetTransport
 from kasmina_worker.optim import seed_group_order
+from kasmina_worker.registration import attach_request
 from kasmina_worker.report import BoundarySummary, scaffold_report, summary_of
 from kasmina_worker.scaffold import Scaffold
 from kasmina_worker.teaching import ProbeLoss, Teacher, TeachingSite
@@ -50,10 +52,14 @@ class WorkerConfig:
     """Safety breaker thresholds and the step-loss window."""
     probe_batches: int = 20
     """Probe batches evaluated by `probe_loss` (the first ones of `probe`)."""
+    narset_timeout_s: float = 5.0
+    """Longest a boundary waits for Narset (per call) before training goes on without it."""
 
     def __post_init__(self) -> None:
         if self.probe_batches < 1:
             raise ValueError(f"probe_batches must be >= 1, got {self.probe_batches}")
+        if not self.narset_timeout_s > 0:
+            raise ValueError(f"narset_timeout_s must be > 0, got {self.narset_timeout_s}")
 
 
 def _regions(regions: Sequence[job_pb2.Region] | Mapping[str, Sequence[str]] | None) -> list[job_pb2.Region]:
@@ -100,6 +106,8 @@ class KasminaWorker:
             self._runtime, job, _regions(regions), on_exit=self._on_exit, site_inputs=self._site_inputs
         )
         self._queue = LocalQueue()
+        if narset is not None and transport is None:
+            transport = NarsetTransport(narset, self._registration, self.config.narset_timeout_s)
         self._transport = transport
         self._teacher = Teacher(model, probe_losses)
         self._boundary = 0
@@ -326,6 +334,32 @@ class KasminaWorker:
                 for live in lives
             ]
         )
+
+    # ---- the control plane -----------------------------------------------------------------
+
+    def _registration(self) -> worker_service_pb2.AttachRequest:
+        """What this job tells Narset at (re-)attach, including the state it resumed from."""
+        return attach_request(
+            job=self.job,
+            root=self._root,
+            regions=self._applier.regions,
+            wrapper=type(self._wrapped).__name__ if self._wrap is not None else "",
+            boundary=self._boundary,
+            applied=self._applier.applied,
+            scaffolds=[scaffold_report(live) for live in self._runtime.live.values()],
+        )
+
+    def close(self) -> None:
+        """Detach from Narset and stop the link process (bounded); safe twice, a no-op in local mode."""
+        close = getattr(self._transport, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> KasminaWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ---- checkpoint state ------------------------------------------------------------------
 

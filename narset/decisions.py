@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from narset.events import EventHub
-from narset.gates import GateJudgement
+from narset.gates import SAFETY_FLAGS, GateJudgement
 from narset.job_policy import default_job_policy
 from narset.ledger import DEFAULT_EXTRA_CKPTS, GATES_ISSUER, MAX_EXTENSIONS, CommandLedger
 from narset.scaffold_gates import judge_scaffold
@@ -20,6 +20,7 @@ from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
 __all__ = ["DecisionEngine"]
 
 _O = telemetry_pb2
+BREAKER_ISSUER = "kasmina:breaker"
 _IN_FLIGHT = (command_pb2.COMMAND_STATE_PENDING, command_pb2.COMMAND_STATE_DELIVERED)
 
 
@@ -66,6 +67,41 @@ class DecisionEngine:
         self._store = store
         self._ledger = ledger
         self._events = events
+
+    def breaker_prunes(self, job: job_pb2.Job, request: worker_service_pb2.ReportBoundaryRequest) -> None:
+        """Record the prunes the job's safety breakers took on their own, and embargo their regions.
+
+        Call before the report's scaffold states are stored (it looks for live scaffolds reported pruned).
+        """
+        for report in request.scaffolds:
+            flags = [f for f in SAFETY_FLAGS if getattr(report.gates, f)]
+            scaffold = self._store.get_scaffold(job.job_id, report.scaffold_id)
+            if report.stage != _O.SCAFFOLD_STAGE_PRUNED or not flags or scaffold is None:
+                continue
+            if scaffold.stage not in LIVE_STAGES:
+                continue  # already recorded (a retried report)
+            reason = f"safety breaker in the job: {', '.join(flags)}"
+            decision = _O.Decision(
+                decision_id=f"{scaffold.scaffold_id}.breaker.b{request.boundary}",
+                job_id=job.job_id,
+                scaffold_id=scaffold.scaffold_id,
+                boundary=request.boundary,
+                outcome=_O.DECISION_OUTCOME_PRUNE,
+                reason=reason,
+                inputs=report.gates,
+                thresholds=scaffold.policy.gates,
+                issued_by=BREAKER_ISSUER,
+            )
+            decision.created_at.FromNanoseconds(time.time_ns())
+            self._store.put_decision(decision)
+            self._embargo(job, scaffold.region, request.boundary)
+            self._events.emit(
+                job.job_id,
+                job_pb2.EVENT_KIND_DECISION_MADE,
+                f"PRUNE {scaffold.scaffold_id} at boundary {request.boundary}: {reason}",
+                scaffold_id=scaffold.scaffold_id,
+                outcome="prune",
+            )
 
     def decide(self, job: job_pb2.Job, request: worker_service_pb2.ReportBoundaryRequest) -> list[_O.Decision]:
         in_flight = {r.scaffold_id for r in self._store.list_commands(job.job_id, _IN_FLIGHT)}

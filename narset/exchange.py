@@ -13,6 +13,7 @@ import uuid
 
 import structlog
 
+from narset.catalogue import BUILTIN_BLUEPRINTS
 from narset.decisions import DecisionEngine
 from narset.errors import Refusal
 from narset.events import EventHub
@@ -75,6 +76,16 @@ def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
         if module.name in seen:
             raise Refusal.invalid(f"attach.modules[{i}].name", f"duplicate module '{module.name}'")
         seen.add(module.name)
+    builtin = {b.name for b in BUILTIN_BLUEPRINTS}
+    for i, blueprint in enumerate(request.blueprints):
+        if not blueprint.name or blueprint.name in builtin:
+            raise Refusal.invalid(
+                f"attach.blueprints[{i}].name", f"must name a blueprint that is not built in, got {blueprint.name!r}"
+            )
+        if not blueprint.host_types:
+            raise Refusal.invalid(
+                f"attach.blueprints[{i}].host_types", f"blueprint '{blueprint.name}' needs a host type"
+            )
     regions: set[str] = set()
     for i, region in enumerate(request.regions):
         if not region.name:
@@ -127,6 +138,8 @@ class Exchange:
         with self._store.transaction():
             self._store.put_job(job)
             self._store.replace_modules(job.job_id, request.modules)
+            for blueprint in request.blueprints:
+                self._store.put_blueprint(blueprint)
             policy = self._store.get_policy(job.job_id)
             if policy is None:
                 policy = default_job_policy()
@@ -198,6 +211,7 @@ class Exchange:
             self._store.put_report(job.job_id, request.boundary, time.time(), request.SerializeToString())
             for result in request.results:
                 self._record_result(job, result)
+            self._decisions.breaker_prunes(job, request)
             for report in request.scaffolds:
                 self._update_scaffold(job.job_id, request.boundary, report)
             for event in request.safety_events:

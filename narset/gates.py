@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from narset.v1 import command_pb2, telemetry_pb2
 
-__all__ = ["GateJudgement", "judge", "residual_gain", "trend_slope"]
+__all__ = ["SAFETY_FLAGS", "GateJudgement", "judge", "residual_gain", "trend_slope"]
 
 SAFETY_FLAGS = ("non_finite", "loss_spike", "isolation_leak")
 

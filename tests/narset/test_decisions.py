@@ -271,3 +271,16 @@ def test_auto_policy_off_by_default(job):
     """Without --auto on, a plateau deploys nothing."""
     for _ in range(6):
         assert not job.report(0.5).decisions
+
+
+def test_breaker_prune_in_the_job_embargoes_region(job, client):
+    """A scaffold the job's breaker pruned is recorded as a PRUNE decision and embargoes its region."""
+    deployed(job)
+    job.report(0.8, [live(S.SCAFFOLD_STAGE_HOLD, age=1)])
+    flagged = live(S.SCAFFOLD_STAGE_PRUNED, gates(loss_spike=True), age=2)
+    job.report(0.8, [flagged])
+    [decision] = client.list_decisions("run-7")
+    assert (decision.outcome, decision.issued_by) == (S.DECISION_OUTCOME_PRUNE, "kasmina:breaker")
+    assert "loss_spike" in decision.reason
+    [embargo] = client.get_job("run-7").embargoes
+    assert embargo.region == "encoder" and embargo.failures == 1
