@@ -8,8 +8,7 @@ the schedules, and (6) returns a `BoundarySummary`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -27,6 +26,7 @@ from kasmina_worker.breakers import (
     StepLossRing,
 )
 from kasmina_worker.commands import CommandApplier
+from kasmina_worker.gates import GateConfig, GateMeter, eval_mode
 from kasmina_worker.lifecycle import LiveScaffold, ScaffoldRuntime
 from kasmina_worker.narset_transport import NarsetTransport
 from kasmina_worker.optim import seed_group_order
@@ -54,6 +54,8 @@ class WorkerConfig:
     """Probe batches evaluated by `probe_loss` (the first ones of `probe`)."""
     narset_timeout_s: float = 5.0
     """Longest a boundary waits for Narset (per call) before training goes on without it."""
+    gates: GateConfig = field(default_factory=GateConfig)
+    """Bounds on gate measurement (see `kasmina_worker.gates`)."""
 
     def __post_init__(self) -> None:
         if self.probe_batches < 1:
@@ -110,6 +112,7 @@ class KasminaWorker:
             transport = NarsetTransport(narset, self._registration, self.config.narset_timeout_s)
         self._transport = transport
         self._teacher = Teacher(model, probe_losses)
+        self._meter = GateMeter(model, self._probe, loss_fn, self._ring, _regions(regions), self.config.gates)
         self._boundary = 0
         self._guards: list[SeedGuard] = []
         self._exits: list[telemetry_pb2.ScaffoldReport] = []
@@ -165,25 +168,9 @@ class KasminaWorker:
         """The scaffold's step losses in the window since its deploy, oldest first, on-device."""
         return self._ring.since(self._runtime.live[scaffold_id].start_step)
 
-    @torch.no_grad()
     def probe_loss(self) -> float | None:
         """Mean `loss_fn(model(x), y)` over the probe batches in eval mode; None without a probe."""
-        if not self._probe or self._loss_fn is None:
-            return None
-        with self._eval_mode():
-            losses = [self._loss_fn(self._root(x), y).float() for x, y in self._probe]
-        return float(torch.stack(losses).mean())
-
-    @contextmanager
-    def _eval_mode(self) -> Iterator[None]:
-        """Eval mode for probe passes, each module's own mode restored after."""
-        modes = [(m, m.training) for m in self._root.modules()]
-        self._root.eval()
-        try:
-            yield
-        finally:
-            for module, training in modes:
-                module.training = training
+        return self._meter.probe_loss()
 
     @torch.no_grad()
     def _site_inputs(self, module_name: str) -> list[torch.Tensor]:
@@ -194,7 +181,7 @@ class KasminaWorker:
         site = self._root.get_submodule(module_name)
         handle = site.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
         try:
-            with self._eval_mode():
+            with eval_mode(self._root):
                 for x, _ in self._probe:
                     self._root(x)
         finally:
@@ -208,12 +195,10 @@ class KasminaWorker:
         k = self._boundary + 1
         self._exits = []
         events = self._collect_trips()
-        probe = self.probe_loss()
-        gates = {sid: telemetry_pb2.GateTelemetry() for sid in self._runtime.live}
-        if probe is not None:
-            for telemetry in gates.values():
-                telemetry.probe_loss = probe
+        measures = self._meter.measure(self._runtime.live, self._steps)
+        probe, gates = measures.probe_loss, measures.gates
         report = self._report(k, step, metrics or {}, probe, gates, events)
+        measures.fill(report)
         reported_exits = len(self._exits)
         commands = list(self._queue.exchange(report))
         if self._transport is not None:
@@ -226,6 +211,7 @@ class KasminaWorker:
         self._applier.fold_parity.clear()
         self._boundary = k
         self._after_structure_change()
+        self._meter.end_boundary(self._runtime.live, self._steps)
         self._unreported_results = list(results)
         self._unreported_reports = self._exits[reported_exits:]
         live_reports = [scaffold_report(live) for live in self._runtime.live.values()]
@@ -365,7 +351,7 @@ class KasminaWorker:
 
     def state_dict(self) -> dict:
         """The worker's state in primitives and tensors (`torch.load(weights_only=True)` safe)."""
-        return state_io.build_state(
+        state = state_io.build_state(
             job=self.job,
             boundary=self._boundary,
             steps=self._steps,
@@ -379,6 +365,8 @@ class KasminaWorker:
             unreported_results=self._unreported_results,
             unreported_reports=self._unreported_reports,
         )
+        state["gates"] = self._meter.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping) -> None:
         """Rebuild the scaffolds and optimiser groups of `state` on this (fresh) worker's model.
@@ -399,5 +387,6 @@ class KasminaWorker:
         self._queue.load_state_dict(loaded.queue)
         self._unreported_results = list(loaded.unreported_results)
         self._unreported_reports = list(loaded.unreported_reports)
+        self._meter.load_state_dict(state.get("gates", {}), self._steps)
         self._after_structure_change()
         log.info("worker_restored", job=self.job, boundary=self._boundary, live=len(self._runtime.live))
