@@ -70,6 +70,9 @@ class NarsetTransport:
             self.last_error = error
             self._held_results = list(outgoing.results)
             self._held_exits = [s for s in outgoing.scaffolds if s.stage in _ENDED]
+            if not error.refused:
+                # Narset may come back restarted or on a fresh store: register again before reporting.
+                self.session_id = None
             log.warning("narset_exchange_failed", job=report.job_id, boundary=report.boundary, error=str(error))
             return []
         self.last_error = None

@@ -35,13 +35,16 @@ def _outcome(scaffold: job_pb2.Scaffold, judgement: GateJudgement) -> tuple[int,
     """(outcome, reason, counts as a failure) for a scaffold at its exit, or None to let it live on."""
     if judgement.flags:
         return _O.DECISION_OUTCOME_PRUNE, f"safety breaker: {', '.join(judgement.flags)}", True
-    measured_hard = judgement.measured_hard_failures()
-    if measured_hard:
-        return _O.DECISION_OUTCOME_PRUNE, f"hard gate(s) failed: {', '.join(measured_hard)}", True
+    # Gates are judged at the end of the scaffold's life: young scaffolds have noisy windows.
     if scaffold.stage != _O.SCAFFOLD_STAGE_EVALUATING:
         return None
     if judgement.hard_failures:
-        return _O.DECISION_OUTCOME_PRUNE, f"hard gate(s) unmeasured: {', '.join(judgement.hard_failures)}", True
+        failed = ", ".join(
+            f"{v.gate}={v.value:.4g} (limit {v.threshold:g})" if v.HasField("value") else f"{v.gate} unmeasured"
+            for v in judgement.verdicts
+            if v.hard and not v.passed
+        )
+        return _O.DECISION_OUTCOME_PRUNE, f"hard gate(s) failed: {failed}", True
     exit_policy = scaffold.policy.exit_policy
     soft = judgement.soft_failures
     if not soft:

@@ -35,10 +35,6 @@ class GateJudgement:
     def residual_gain_passes(self) -> bool:
         return any(v.gate == "G2" and v.passed for v in self.verdicts)
 
-    def measured_hard_failures(self) -> list[str]:
-        """Hard gates that were measured and failed (unmeasured ones are not held against a young scaffold)."""
-        return [v.gate for v in self.verdicts if v.hard and not v.passed and v.HasField("value")]
-
 
 def trend_slope(values: Sequence[float]) -> float:
     """Least-squares slope per boundary of `values` (0 with fewer than two points)."""

@@ -12,13 +12,20 @@ __all__ = ["ServeProcess"]
 
 
 class ServeProcess:
-    """`narset serve` as a real child process on a free loopback port; its JSON logs go to `log_path`."""
+    """`narset serve` as a real child process (by default on a free loopback port); JSON logs go to `log_path`."""
 
-    def __init__(self, db_path: Path, grace_s: float = 3.0, log_level: str = "info", timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        grace_s: float = 3.0,
+        log_level: str = "info",
+        timeout_s: float = 60.0,
+        address: str = "127.0.0.1:0",
+    ) -> None:
         self.log_path = db_path.with_suffix(".log")
         ready = db_path.with_suffix(".address")
         ready.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "narset", "serve", "--address", "127.0.0.1:0", "--db", str(db_path)]
+        argv = [sys.executable, "-m", "narset", "serve", "--address", address, "--db", str(db_path)]
         argv += ["--grace", str(grace_s), "--log-level", log_level, "--ready-file", str(ready)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=log)

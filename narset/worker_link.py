@@ -141,7 +141,9 @@ def _serve_link(address: str, timeout_s: float) -> None:
     from narset.v1 import worker_service_pb2_grpc
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    with grpc.insecure_channel(address) as channel:
+    # Reconnect quickly once Narset is back: the job only waits at boundaries, never in backoff.
+    options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+    with grpc.insecure_channel(address, options=options) as channel:
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         while True:
             try:

@@ -178,8 +178,11 @@ def test_safety_flag_prunes_at_once_and_embargoes_region(job, client):
 def test_second_failure_doubles_embargo(job, client):
     """A repeat failure in the same region embargoes it for twice as long."""
     deployed(job)
-    job.report(0.8, [live(S.SCAFFOLD_STAGE_HOLD, gates(memory_fraction=0.97), age=1)])  # hard G5 fail
-    job.report(0.8, [live(S.SCAFFOLD_STAGE_PRUNED, age=2)])
+    job.report(0.8, [live(S.SCAFFOLD_STAGE_HOLD, gates(memory_fraction=0.97), age=1)])  # judged at the exit
+    [first] = job.report(0.8, [live(S.SCAFFOLD_STAGE_EVALUATING, gates(memory_fraction=0.97), age=2)]).decisions
+    assert first.outcome == S.DECISION_OUTCOME_PRUNE
+    assert first.reason == "hard gate(s) failed: G5.memory=0.97 (limit 0.9)"
+    job.report(0.8, [live(S.SCAFFOLD_STAGE_PRUNED, age=3)])
     for _ in range(3):
         job.report(0.8)
     job.deploy(command_id="sc2")
@@ -197,7 +200,7 @@ def test_unmeasured_hard_gate_at_ttl_prunes(job):
     deployed(job)
     [decision] = job.report(0.7, [live(S.SCAFFOLD_STAGE_EVALUATING, gates(drift=None), age=1)]).decisions
     assert decision.outcome == S.DECISION_OUTCOME_PRUNE
-    assert decision.reason == "hard gate(s) unmeasured: G4.drift"
+    assert decision.reason == "hard gate(s) failed: G4.drift unmeasured"
 
 
 def test_persist_twice_then_final_decision(job):
