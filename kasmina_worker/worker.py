@@ -26,10 +26,19 @@ from kasmina_worker.breakers import (
     StepLossRing,
 )
 from kasmina_worker.commands import CommandApplier
+from kasmina_worker.distributed import (
+    DistributedConfig,
+    broadcast_commands,
+    check_agreement,
+    rank_info,
+    reduce_measures,
+    reduce_trips,
+)
 from kasmina_worker.gates import GateConfig, GateMeter, eval_mode
 from kasmina_worker.lifecycle import LiveScaffold, ScaffoldRuntime
 from kasmina_worker.narset_transport import NarsetTransport
 from kasmina_worker.optim import seed_group_order
+from kasmina_worker.rebuild import Rebuilder, local_tensors
 from kasmina_worker.registration import attach_request
 from kasmina_worker.report import BoundarySummary, scaffold_report, summary_of
 from kasmina_worker.scaffold import Scaffold
@@ -89,12 +98,16 @@ class KasminaWorker:
         transport: CommandSource | None = None,
         probe_losses: Sequence[ProbeLoss] = (),
         config: WorkerConfig | None = None,
+        distributed: DistributedConfig | None = None,
     ) -> None:
         if not job:
             raise ValueError("job must be a non-empty job id, got ''")
         self.job = job
         self.narset = narset
         self.config = config or WorkerConfig()
+        # Rank 0 alone talks to the command sources; see kasmina_worker/distributed.py.
+        self._dist_config = distributed or DistributedConfig()
+        self._rank = rank_info(self._dist_config.group)
         self._root = model
         self._optimizer = optimizer
         self._probe = list(islice(probe, self.config.probe_batches)) if probe is not None else []
@@ -108,7 +121,7 @@ class KasminaWorker:
             self._runtime, job, _regions(regions), on_exit=self._on_exit, site_inputs=self._site_inputs
         )
         self._queue = LocalQueue()
-        if narset is not None and transport is None:
+        if narset is not None and transport is None and self._rank.leader:
             transport = NarsetTransport(narset, self._registration, self.config.narset_timeout_s)
         self._transport = transport
         self._teacher = Teacher(model, probe_losses)
@@ -119,7 +132,8 @@ class KasminaWorker:
         self._unreported_reports: list[telemetry_pb2.ScaffoldReport] = []
         self._unreported_results: list[telemetry_pb2.CommandResult] = []
         self._wrap = wrap
-        self._wrapped = wrap(model) if wrap is not None else model
+        self._rebuilder = Rebuilder(model, optimizer, wrap, job)
+        self._wrapped = self._rebuilder.model
         self._wrapped_version = self._runtime.structure_version
 
     # ---- the training loop's API -----------------------------------------------------------
@@ -130,9 +144,13 @@ class KasminaWorker:
         if self._wrap is None:
             return self._root
         if self._wrapped_version != self._runtime.structure_version:
-            self._wrapped = self._wrap(self._root)
-            self._wrapped_version = self._runtime.structure_version
+            self._sync_wrapper(changed=True)
         return self._wrapped
+
+    @property
+    def rebuilds(self) -> int:
+        """How many times `wrap` was re-applied after a structural change (0 without `wrap`)."""
+        return self._rebuilder.rebuilds
 
     @property
     def boundary(self) -> int:
@@ -149,7 +167,11 @@ class KasminaWorker:
         return {sid: live.module for sid, live in self._runtime.live.items()}
 
     def submit(self, command: command_pb2.AdaptationCommand) -> str:
-        """Queue a command for the next boundary; returns its command id (assigned when empty)."""
+        """Queue a command for the next boundary; returns its command id (assigned when empty).
+
+        In a distributed job only rank 0's queue counts: its commands are broadcast to every rank.
+        Other ranks' submissions are ignored (so an SPMD script may submit on every rank).
+        """
         return self._queue.submit(command)
 
     def step_loss(self, loss: torch.Tensor) -> torch.Tensor:
@@ -194,15 +216,18 @@ class KasminaWorker:
         """One boundary: breakers, report, exchange, apply, advance; returns the summary."""
         k = self._boundary + 1
         self._exits = []
+        self._sync_trips()
         events = self._collect_trips()
+        if self._runtime.live:
+            self._rebuilder.unwrap_if_sharded()
         measures = self._meter.measure(self._runtime.live, self._steps)
-        probe, gates = measures.probe_loss, measures.gates
+        probe, gates = reduce_measures(measures.probe_loss, measures.gates, self._rank), measures.gates
         report = self._report(k, step, metrics or {}, probe, gates, events)
         measures.fill(report)
         reported_exits = len(self._exits)
-        commands = list(self._queue.exchange(report))
-        if self._transport is not None:
-            commands.extend(self._transport.exchange(report))
+        commands = self._exchange(report)
+        if commands:
+            self._rebuilder.unwrap_if_sharded()
         before = {sid: live.schedule.in_sunset for sid, live in self._runtime.live.items()}
         results = [self._applier.apply(command, k) for command in commands]
         results.extend(self._advance(before, k))
@@ -211,6 +236,8 @@ class KasminaWorker:
         self._applier.fold_parity.clear()
         self._boundary = k
         self._after_structure_change()
+        check_agreement(self._root, self._applier.applied, k, self._rank, self._dist_config)
+        self._sync_wrapper(changed=self._wrapped_version != self._runtime.structure_version)
         self._meter.end_boundary(self._runtime.live, self._steps)
         self._unreported_results = list(results)
         self._unreported_reports = self._exits[reported_exits:]
@@ -227,6 +254,30 @@ class KasminaWorker:
         )
         log.info("boundary", job=self.job, boundary=k, step=step, live=len(self._runtime.live), commands=len(results))
         return summary
+
+    def _exchange(self, report: worker_service_pb2.ReportBoundaryRequest) -> list[command_pb2.AdaptationCommand]:
+        """Rank 0's commands (its local queue, then its transport), the same on every rank."""
+        commands = list(self._queue.exchange(report))
+        if not self._rank.leader:
+            if commands:
+                log.debug("submit_ignored", job=self.job, rank=self._rank.rank, commands=len(commands))
+            commands = []
+        elif self._transport is not None:
+            commands.extend(self._transport.exchange(report))
+        return broadcast_commands(commands, self._rank)
+
+    def _sync_trips(self) -> None:
+        """OR the breaker trips over the ranks, so that every rank prunes the same scaffolds."""
+        trips = [self._loss_breaker.trip] + [live.guard.trip for live in self._runtime.live.values()]
+        reduce_trips([t.kind for t in trips], [t.first for t in trips], self._rank)
+
+    def _sync_wrapper(self, changed: bool) -> None:
+        """Rebuild the wrapper after a structural change (collective); re-point the seed guards."""
+        if self._rebuilder.finish(changed):
+            for live in self._runtime.live.values():
+                live.guard.params = local_tensors(list(live.module.seed.parameters()))
+        self._wrapped = self._rebuilder.model
+        self._wrapped_version = self._runtime.structure_version
 
     def _report(
         self,
@@ -376,6 +427,7 @@ class KasminaWorker:
         if self._runtime.live or self._boundary:
             raise RuntimeError("load_state_dict needs a fresh worker (no boundary yet, nothing deployed)")
         loaded = state_io.parse_state(state, job=self.job)
+        self._rebuilder.unwrap_if_sharded()
         self._runtime.regrow(loaded.growth)
         for entry in loaded.scaffolds_in_group_order():
             self._runtime.restore(entry, seed_state=None, optimizer_state=None)
@@ -387,6 +439,7 @@ class KasminaWorker:
         self._queue.load_state_dict(loaded.queue)
         self._unreported_results = list(loaded.unreported_results)
         self._unreported_reports = list(loaded.unreported_reports)
-        self._meter.load_state_dict(state.get("gates", {}), self._steps)
+        self._meter.load_state_dict(state.get("gates", {}), self._steps, self._runtime.live)
         self._after_structure_change()
+        self._sync_wrapper(changed=True)
         log.info("worker_restored", job=self.job, boundary=self._boundary, live=len(self._runtime.live))

@@ -1,0 +1,72 @@
+"""Shared by the distributed tests and the torchrun scripts they launch.
+
+Each scenario is one `torchrun --nproc_per_node=2` launch (gloo, CPU): the script asserts as it
+goes and rank 0 writes its measurements to a JSON file that the pytest test reads and checks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kasmina"))
+from kasmina_testing import MLP, deploy, max_rel_err, on, schedule  # noqa: E402
+
+__all__ = [
+    "MLP",
+    "all_ranks_equal",
+    "batch",
+    "deploy",
+    "max_rel_err",
+    "on",
+    "run_torchrun",
+    "schedule",
+    "write_result",
+]
+
+HERE = Path(__file__).resolve().parent
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def run_torchrun(script: str, out: Path, *args: str, nproc: int = 2, timeout: float = 240.0) -> dict:
+    """Launch `script` under torchrun with `--out out`; returns the JSON rank 0 wrote."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(HERE / script), "--out", str(out)]
+    done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
+    return json.loads(out.read_text())
+
+
+def batch(step: int, rank: int, rows: int = 4, d_in: int = 12, d_out: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank `rank`'s deterministic micro-batch of `step` (independent of the global RNG)."""
+    g = torch.Generator().manual_seed(10_000 * (rank + 1) + step)
+    return torch.randn(rows, d_in, generator=g), torch.randn(rows, d_out, generator=g)
+
+
+def all_ranks_equal(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors that are not bit-identical on every rank (empty when all agree)."""
+    flat = torch.cat([t.detach().reshape(-1).float().cpu() for t in tensors.values()])
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    if all(torch.equal(g, gathered[0]) for g in gathered):
+        return []
+    bad, offset = [], 0
+    for name, t in tensors.items():
+        n = t.numel()
+        if not all(torch.equal(g[offset : offset + n], gathered[0][offset : offset + n]) for g in gathered):
+            bad.append(name)
+        offset += n
+    return bad
+
+
+def write_result(path: str, result: dict) -> None:
+    """Rank 0 writes `result` as JSON; every rank waits for it."""
+    if dist.get_rank() == 0:
+        Path(path).write_text(json.dumps(result, indent=1))
+    dist.barrier()
