@@ -201,11 +201,12 @@ class Rebuilder:
         if self.wrap is None:
             return self.root
         self.unwrap()
-        if self._compiled:
+        reset = self._compiled
+        if reset:
             torch._dynamo.reset()
         self._wrap()
         self.rebuilds += 1
-        log.info("model_rebuilt", job=self.job, rebuilds=self.rebuilds, compile_reset=self._compiled)
+        log.info("model_rebuilt", job=self.job, rebuilds=self.rebuilds, compile_reset=reset)
         return self.model
 
     def _wrap(self) -> None:
