@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -287,7 +287,8 @@ class GateMeter:
         self.config = config or GateConfig()
         self.regions = RegionTracker(root, regions)
         self.device = next((p.device for p in root.parameters()), torch.device("cpu"))
-        self.baselines_ms: dict[str, float] = {}
+        self.baselines_ms: dict[str, float | None] = {}
+        """Per live scaffold: the step time of the last interval before its deploy (None: no baseline)."""
         self.last_step_time_ms: float | None = None
         self._interval_start = (time.perf_counter(), 0)
 
@@ -406,10 +407,7 @@ class GateMeter:
 
     def end_boundary(self, lives: Mapping[str, LiveScaffold], steps: int) -> None:
         """After the boundary's commands: baselines for new scaffolds, region snapshot, next interval."""
-        self.baselines_ms = {sid: ms for sid, ms in self.baselines_ms.items() if sid in lives}
-        if self.last_step_time_ms is not None:
-            for sid in lives:
-                self.baselines_ms.setdefault(sid, self.last_step_time_ms)
+        self.baselines_ms = {sid: self.baselines_ms.get(sid, self.last_step_time_ms) for sid in lives}
         self.regions.snapshot()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -421,9 +419,11 @@ class GateMeter:
         """Per-scaffold step-time baselines and the last measured step time (primitives)."""
         return {"step_time_baselines_ms": dict(self.baselines_ms), "last_step_time_ms": self.last_step_time_ms}
 
-    def load_state_dict(self, state: Mapping, steps: int) -> None:
-        """Restore the baselines; the next interval starts now, at `steps`."""
-        self.baselines_ms = {str(k): float(v) for k, v in state.get("step_time_baselines_ms", {}).items()}
+    def load_state_dict(self, state: Mapping, steps: int, live: Iterable[str]) -> None:
+        """Restore the baselines of the `live` scaffolds (none where the state has none); the next
+        interval starts now, at `steps`."""
+        saved = state.get("step_time_baselines_ms", {})
+        self.baselines_ms = {sid: None if saved.get(sid) is None else float(saved[sid]) for sid in live}
         last = state.get("last_step_time_ms")
         self.last_step_time_ms = None if last is None else float(last)
         self._interval_start = (time.perf_counter(), steps)
