@@ -25,7 +25,6 @@ unset, which Narset judges a failure. Definitions, per live scaffold (docs/kasmi
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -37,26 +36,15 @@ from torch import nn
 from kasmina_worker.breakers import StepLossRing
 from kasmina_worker.commands import EXIT_PRUNE, relative_change
 from kasmina_worker.fold import FoldError, fold_delta, fold_router
+from kasmina_worker.gate_formulas import diversity_index, drift, finite, jitter_p95, memory_fraction, put, svd_energy
 from kasmina_worker.lifecycle import LiveScaffold
 from kasmina_worker.region_signals import RegionTracker
 from kasmina_worker.scaffold import Scaffold
 from kasmina_worker.surgery import replace_module
 from narset.v1 import job_pb2, telemetry_pb2, worker_service_pb2
 
-__all__ = [
-    "BoundaryMeasures",
-    "GateConfig",
-    "GateMeter",
-    "diversity_index",
-    "drift",
-    "eval_mode",
-    "jitter_p95",
-    "memory_fraction",
-    "simulated_exit",
-    "svd_energy",
-]
+__all__ = ["BoundaryMeasures", "GateConfig", "GateMeter", "eval_mode", "simulated_exit"]
 
-JITTER_EPS = 1e-6
 DELTA_FOLDS = (job_pb2.FOLD_KIND_LORA, job_pb2.FOLD_KIND_LINEAR)
 
 
@@ -90,119 +78,6 @@ class BoundaryMeasures:
         if self.step_time_ms is not None:
             report.step_time_ms = self.step_time_ms
         report.region_signals.extend(self.region_signals)
-
-
-# ---- pure measures ---------------------------------------------------------------------------
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _put(gates: telemetry_pb2.GateTelemetry, name: str, value: float | None) -> None:
-    """Set a gate field only when measured and finite (unset means unmeasured)."""
-    value = _finite(value)
-    if value is not None:
-        setattr(gates, name, float(value))
-
-
-def jitter_p95(losses: torch.Tensor) -> float | None:
-    """p95 of `|L_t − L_{t−1}| / (|L_{t−1}| + 1e-6)` (linear interpolation); None with < 2 losses."""
-    values = losses.detach().double().cpu()
-    if values.numel() < 2:
-        return None
-    ratios = (values[1:] - values[:-1]).abs() / (values[:-1].abs() + JITTER_EPS)
-    return _finite(float(torch.quantile(ratios, 0.95)))
-
-
-def drift(losses: torch.Tensor, k: int) -> float | None:
-    """`|mean(last k) − mean(the k before)|`; None with fewer than 2k losses (or k < 1)."""
-    values = losses.detach().double().cpu()
-    if k < 1 or values.numel() < 2 * k:
-        return None
-    return _finite(float((values[-k:].mean() - values[-2 * k : -k].mean()).abs()))
-
-
-def _evenly(n: int, keep: int) -> torch.Tensor | None:
-    return None if n <= keep else torch.linspace(0, n - 1, keep).round().long()
-
-
-def diversity_index(outputs: Sequence[torch.Tensor], max_features: int = 512, max_samples: int = 8192) -> float | None:
-    """`1 − mean_{i≠j} |corr(f_i, f_j)|` over the last-dimension features of `outputs`.
-
-    Rows are every leading position of every tensor. A feature whose std is ≤ 1e-6 of the largest
-    counts as fully correlated with every other (dead); all features constant gives 0, one feature
-    gives 1 unless it is constant. None with fewer than 2 rows.
-    """
-    if not outputs:
-        return None
-    y = torch.cat([o.detach().reshape(-1, o.shape[-1]) for o in outputs]).float()
-    rows = _evenly(y.shape[0], max_samples)
-    cols = _evenly(y.shape[1], max_features)
-    y = y if rows is None else y[rows.to(y.device)]
-    y = y if cols is None else y[:, cols.to(y.device)]
-    n, d = y.shape
-    if n < 2:
-        return None
-    y = y - y.mean(dim=0)
-    std = y.pow(2).mean(dim=0).sqrt()
-    top = float(std.max())
-    if not math.isfinite(top):
-        return None
-    if top == 0.0:
-        return 0.0
-    dead = std <= 1e-6 * top
-    if d == 1:
-        return 0.0 if bool(dead[0]) else 1.0
-    z = y / torch.where(dead, torch.ones_like(std), std)
-    corr = (z.T @ z / n).abs().clamp_max(1.0)
-    corr[dead, :] = 1.0
-    corr[:, dead] = 1.0
-    off_diagonal = corr.sum() - corr.diagonal().sum()
-    return _finite(1.0 - float(off_diagonal) / (d * (d - 1)))
-
-
-def svd_energy(delta_weight: torch.Tensor, rank: int) -> float:
-    """Fraction of `Σ σ_i²` of the delta matrix kept by its top `rank` singular values (1 for a zero delta)."""
-    energies = torch.linalg.svdvals(delta_weight.detach().float()).double().pow(2)
-    total = float(energies.sum())
-    return 1.0 if total == 0.0 else float(energies[:rank].sum()) / total
-
-
-def _read_kib(path: str, key: str) -> int | None:
-    try:
-        with open(path) as handle:
-            for line in handle:
-                if line.startswith(key):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _cgroup_limit_bytes() -> int | None:
-    try:
-        with open("/sys/fs/cgroup/memory.max") as handle:
-            text = handle.read().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def memory_fraction(device: torch.device) -> float | None:
-    """CUDA: allocated / total device memory. CPU: process RSS / min(RAM, cgroup limit), from /proc."""
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        return torch.cuda.memory_allocated(device) / total if total else None
-    rss_kib = _read_kib("/proc/self/status", "VmRSS:")
-    total_kib = _read_kib("/proc/meminfo", "MemTotal:")
-    if rss_kib is None or not total_kib:
-        return None
-    total = total_kib * 1024
-    limit = _cgroup_limit_bytes()
-    if limit is not None and 0 < limit < total:
-        total = limit
-    return rss_kib * 1024 / total
 
 
 # ---- simulated exits -------------------------------------------------------------------------
@@ -362,23 +237,23 @@ class GateMeter:
             probe, sites = self._probe_pass(lives)
             for sid, live in lives.items():
                 telemetry = gates[sid]
-                _put(telemetry, "probe_loss", probe)
+                put(telemetry, "probe_loss", probe)
                 self._stability(telemetry, live, sites[sid])
                 baseline = self.baselines_ms.get(sid)
                 if baseline and step_time is not None:
-                    _put(telemetry, "step_time_ratio", step_time / baseline)
-                _put(telemetry, "memory_fraction", memory)
+                    put(telemetry, "step_time_ratio", step_time / baseline)
+                put(telemetry, "memory_fraction", memory)
                 self._exit_gates(telemetry, live, sites[sid], probe)
         return BoundaryMeasures(
-            probe_loss=probe, gates=gates, step_time_ms=_finite(step_time), region_signals=self.regions.signals()
+            probe_loss=probe, gates=gates, step_time_ms=finite(step_time), region_signals=self.regions.signals()
         )
 
     def _stability(self, telemetry: telemetry_pb2.GateTelemetry, live: LiveScaffold, site: _Site) -> None:
         losses = self.ring.since(live.start_step)
-        _put(telemetry, "jitter_p95", jitter_p95(losses))
-        _put(telemetry, "drift", drift(losses, self.ring.window // 2))
+        put(telemetry, "jitter_p95", jitter_p95(losses))
+        put(telemetry, "drift", drift(losses, self.ring.window // 2))
         bounds = (self.config.diversity_max_features, self.config.diversity_max_samples)
-        _put(telemetry, "diversity", diversity_index(site.outputs, *bounds))
+        put(telemetry, "diversity", diversity_index(site.outputs, *bounds))
 
     def _exit_gates(
         self, telemetry: telemetry_pb2.GateTelemetry, live: LiveScaffold, site: _Site, probe: float | None
@@ -386,14 +261,14 @@ class GateMeter:
         """G1 and G3 from the simulated exit module (unset where the fold would refuse)."""
         policy = live.plan.policy
         if live.plan.spec.fold_kind == job_pb2.FOLD_KIND_LINEAR and policy.fold.HasField("svd_rank"):
-            _put(telemetry, "svd_energy", svd_energy(live.module.seed.delta_weight(), policy.fold.svd_rank))
+            put(telemetry, "svd_energy", svd_energy(live.module.seed.delta_weight(), policy.fold.svd_rank))
         try:
             exit_module = simulated_exit(live)
         except FoldError:
             return
         if site.outputs:
             after = [exit_module(*args, **kwargs) for args, kwargs in site.calls]
-            _put(telemetry, "foldability", 1.0 - relative_change(site.outputs, after))
+            put(telemetry, "foldability", 1.0 - relative_change(site.outputs, after))
         if probe is None or probe == 0.0:
             return
         name = live.plan.module_name
@@ -403,7 +278,7 @@ class GateMeter:
         finally:
             replace_module(self.root, name, live.module)
         if after_exit is not None:
-            _put(telemetry, "transfer_rel_delta", (after_exit - probe) / abs(probe))
+            put(telemetry, "transfer_rel_delta", (after_exit - probe) / abs(probe))
 
     def end_boundary(self, lives: Mapping[str, LiveScaffold], steps: int) -> None:
         """After the boundary's commands: baselines for new scaffolds, region snapshot, next interval."""

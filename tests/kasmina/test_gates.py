@@ -13,7 +13,7 @@ from torch import nn
 
 from kasmina_worker import KasminaWorker
 from kasmina_worker.breakers import BreakerConfig
-from kasmina_worker.gates import diversity_index, drift, jitter_p95
+from kasmina_worker.gate_formulas import diversity_index, drift, jitter_p95
 from kasmina_worker.worker import WorkerConfig
 from narset.gates import judge
 from narset.scaffold_policy import DEFAULT_GATES
