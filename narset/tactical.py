@@ -92,7 +92,9 @@ class TacticalPolicy:
             reason=reason,
         )
         deploy = command.deploy
-        deploy.module, deploy.blueprint, deploy.region = module, auto.blueprint, region
+        deploy.module, deploy.blueprint = module, auto.blueprint
+        # A module outside every declared region is its own (implicit) region: the ledger resolves it.
+        deploy.region = region if any(r.name == region for r in job.regions) else ""
         deploy.policy.CopyFrom(auto.scaffold_policy)
         deploy.blueprint_params.update(auto.blueprint_params)
         try:

@@ -256,6 +256,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from narset.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(steps_per_boundary=args.steps_per_boundary, max_boundaries=args.max_boundaries), args.json)
+    return EXIT_OK
+
+
 # parser ----------------------------------------------------------------------------------------------
 
 
@@ -276,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["json", "console"])
     serve.add_argument("--ready-file", type=Path, help="write the bound host:port here once listening")
+
+    demo = sub.add_parser("demo", help="run the whole loop on scikit-learn's digits with an embedded Narset")
+    demo.add_argument("--json", action="store_true", help="print one JSON document instead of progress and tables")
+    demo.add_argument("--steps-per-boundary", type=int, default=20, help="training steps between boundaries")
+    demo.add_argument("--max-boundaries", type=int, default=40, help="stop after this many boundaries")
 
     def query(name: str, handler, help_text: str, job: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text)
@@ -329,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command == "demo":
+        return cmd_demo(args)
     try:
         with NarsetClient(args.server, timeout_s=args.timeout) as client:
             args.handler(client, args)

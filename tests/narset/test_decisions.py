@@ -287,3 +287,17 @@ def test_breaker_prune_in_the_job_embargoes_region(job, client):
     assert "loss_spike" in decision.reason
     [embargo] = client.get_job("run-7").embargoes
     assert embargo.region == "encoder" and embargo.failures == 1
+
+
+def test_auto_policy_uses_a_module_outside_every_region(server, job, client):
+    """With the named regions protected, the policy deploys on a module that is its own implicit region."""
+    policy = client.get_policy("run-7")
+    policy.auto.enabled = True
+    policy.protected_regions.extend(["encoder", "decoder"])
+    client.set_policy("run-7", policy)
+    for loss in (0.5, 0.5, 0.5):
+        assert not job.report(loss).decisions
+    [decision] = job.report(0.5).decisions
+    assert "region 'h.0.attn.c_attn' is the first with room" in decision.reason
+    [scaffold] = client.list_scaffolds("run-7")
+    assert (scaffold.module, scaffold.region) == ("h.0.attn.c_attn", "h.0.attn.c_attn")
