@@ -6,6 +6,7 @@ All gRPC lives in the `narset.worker_link` child process, so this process can fo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import structlog
@@ -18,6 +19,18 @@ __all__ = ["NarsetTransport"]
 log = structlog.get_logger("kasmina.narset")
 
 _ENDED = (telemetry_pb2.SCAFFOLD_STAGE_FUSED, telemetry_pb2.SCAFFOLD_STAGE_PRUNED)
+
+
+def _drop_non_finite(report: worker_service_pb2.ReportBoundaryRequest) -> None:
+    """Narset refuses a report carrying NaN/Inf; an unset value reads as unmeasured instead."""
+    if report.HasField("probe_loss") and not math.isfinite(report.probe_loss):
+        report.ClearField("probe_loss")
+    for name in [name for name, value in report.metrics.items() if not math.isfinite(value)]:
+        del report.metrics[name]
+    for scaffold in report.scaffolds:
+        for descriptor, value in scaffold.gates.ListFields():
+            if isinstance(value, float) and not math.isfinite(value):
+                scaffold.gates.ClearField(descriptor.name)
 
 
 class NarsetTransport:
@@ -59,6 +72,7 @@ class NarsetTransport:
     def exchange(self, report: worker_service_pb2.ReportBoundaryRequest) -> list[command_pb2.AdaptationCommand]:
         outgoing = worker_service_pb2.ReportBoundaryRequest()
         outgoing.CopyFrom(report)
+        _drop_non_finite(outgoing)
         held_ids = {r.command_id for r in self._held_results}
         fresh_results = [r for r in outgoing.results if r.command_id not in held_ids]
         del outgoing.results[:]

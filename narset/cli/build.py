@@ -36,6 +36,11 @@ POLICY_FLAGS: dict[str, tuple[str, type]] = {
     "epsilon": ("gates.transfer_epsilon", float),
     "gamma": ("gates.residual_gain_gamma", float),
     "theta": ("gates.foldability_theta", float),
+    "jitter_max": ("gates.jitter_p95_max", float),
+    "drift_max": ("gates.drift_max", float),
+    "diversity_min": ("gates.diversity_min", float),
+    "step_time_max": ("gates.step_time_ratio_max", float),
+    "memory_max": ("gates.memory_fraction_max", float),
 }
 
 

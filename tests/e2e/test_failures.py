@@ -41,7 +41,7 @@ def test_narset_killed_then_restarted_job_keeps_training_and_applies_once(tmp_pa
         server.kill()
         for _ in range(3):
             down = job.boundary()
-            assert down["elapsed_s"] < 1.0 + 1.5, down
+            assert down["elapsed_s"] < 1.0 + 3.0, down  # the timeout, plus the boundary's own work
             job.order("next")
         server = ServeProcess(db, address=server.address)
         deploy = narset_cli(

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from kasmina_worker import KasminaWorker, WorkerConfig
-from narset.v1 import telemetry_pb2
+from kasmina_worker import BuildContext, KasminaWorker, Seed, WorkerConfig, register_blueprint
+from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 
 BATCH, FEATURES, CLASSES = 256, 16, 4
 TRAIN_SEED, PROBE_SEED = 1000, 2000
@@ -36,6 +36,35 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+class NoisySeed(Seed):
+    """A harmful seed for the PRUNE path: the host's output plus fresh noise at every forward."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(scale))
+
+    def forward(self, x: torch.Tensor, host_out: torch.Tensor, host: nn.Module) -> torch.Tensor:
+        return host_out.detach() + self.scale * torch.randn_like(host_out)
+
+
+@register_blueprint(
+    job_pb2.Blueprint(
+        name="noisy",
+        description="test blueprint: injects noise at the site",
+        host_types=["Linear"],
+        size_class=job_pb2.SIZE_CLASS_MICRO,
+        folds=[job_pb2.FOLD_KIND_TRANSFER],
+        default_policy=command_pb2.ScaffoldPolicy(
+            ttl_ckpts=4, schedule=command_pb2.AlphaSchedule(warmup_ckpts=1, hold_ckpts=3)
+        ),
+        params=[job_pb2.BlueprintParam(name="scale", default_value=3.0, min=0.0, max=100.0)],
+        default_learning_rate=1e-3,
+    )
+)
+def build_noisy(ctx: BuildContext) -> Seed:
+    return NoisySeed(ctx.params["scale"])
 
 
 def batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,15 +132,24 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             step += 1
+        probe_x = probe[0][0]
+        with torch.no_grad():
+            before = worker.model(probe_x) if worker.scaffolds else None
         started = time.monotonic()
         summary = worker.checkpoint(step=step, metrics={"train_loss": float(loss)})
         elapsed = time.monotonic() - started
+        parity = None
+        if before is not None and any(s.stage == "SCAFFOLD_STAGE_FUSED" for s in summary.scaffolds):
+            with torch.no_grad():
+                after = worker.model(probe_x)
+            parity = float((after - before).abs().max() / before.abs().max())
         print(
             json.dumps(
                 {
                     "boundary": summary.boundary,
                     "step": step,
                     "elapsed_s": elapsed,
+                    "fold_parity": parity,
                     "probe_loss": summary.probe_loss,
                     "scaffolds": [
                         {"id": s.scaffold_id, "module": s.module, "stage": s.stage, "alpha": s.alpha}
