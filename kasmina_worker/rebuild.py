@@ -81,7 +81,7 @@ def strip_fully_shard(root: nn.Module) -> None:
     pinned by the tests in `tests/distributed`.
     """
     from torch.distributed import _composable_state
-    from torch.distributed._composable import contract
+    from torch.distributed._composable.contract import REGISTRY_KEY, STATE_KEY
 
     fsdp, dtensor = _fsdp_module_type(), _dtensor_type()
     managed = [m for m in root.modules() if isinstance(m, fsdp)]
@@ -102,10 +102,10 @@ def strip_fully_shard(root: nn.Module) -> None:
         for handle in (state._pre_forward_hook_handle, state._post_forward_hook_handle):
             handle.remove()
         _composable_state._module_state_mapping.pop(module, None)
-        states = module.__dict__.get(contract.STATE_KEY, {})
+        states = module.__dict__.get(STATE_KEY, {})
         for key in [k for k, v in states.items() if v is state]:
             del states[key]
-        module.__dict__.get(contract.REGISTRY_KEY, {}).pop("fully_shard", None)
+        module.__dict__.get(REGISTRY_KEY, {}).pop("fully_shard", None)
         module.__class__ = next(c for c in type(module).__bases__ if not issubclass(c, fsdp))
     for module in root.modules():
         # Markers fully_shard leaves on every managed module for dynamo; rewrap sets them again.
