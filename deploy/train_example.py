@@ -46,6 +46,18 @@ def batch(step: int, rank: int, rows: int = 16) -> tuple[torch.Tensor, torch.Ten
     return x, torch.stack([x[:, :4].sin().sum(1), x[:, 4:8].prod(1), x[:, 8:].abs().mean(1), x[:, 0] * x[:, 1]], 1)
 
 
+def stop_requested(until_file: str | None, distributed: bool, step: int, every: int) -> bool:
+    """Past --steps: stop at a boundary once `until_file` exists on rank 0, every rank together."""
+    if until_file is None:
+        return True
+    if step % every:
+        return False
+    flag = torch.tensor([float(Path(until_file).exists())])
+    if distributed:
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def make_wrap(kind: str, compiled: bool):
     """The user's wrapping function: the worker calls it again after every structural change."""
 
@@ -75,6 +87,9 @@ def main() -> None:
     parser.add_argument("--local-deploy", default=None, help="MODULE:BLUEPRINT deployed at boundary 1 (local mode)")
     parser.add_argument("--local-fold-at", type=int, default=0, help="fold the local deploy at this boundary")
     parser.add_argument("--out", default=None, help="rank 0 writes a JSON summary here")
+    parser.add_argument(
+        "--until-file", default=None, help="keep training past --steps until this file exists (rank 0 decides)"
+    )
     args = parser.parse_args()
     if args.ckpt_every < 1 or args.steps < 1:
         parser.error(f"--steps and --ckpt-every must be >= 1, got {args.steps} and {args.ckpt_every}")
@@ -98,7 +113,8 @@ def main() -> None:
         worker.submit(command_pb2.AdaptationCommand(command_id="local-deploy", deploy=deploy))
     summary, loss = None, torch.zeros(())
     with worker:
-        for step in range(args.steps):
+        step = 0
+        while step < args.steps or not stop_requested(args.until_file, distributed, step, args.ckpt_every):
             if step % args.ckpt_every == 0:
                 if args.local_fold_at and worker.boundary + 1 == args.local_fold_at:
                     fold = command_pb2.FoldAction(scaffold=command_pb2.ScaffoldRef(scaffold_id="local"))
@@ -112,12 +128,18 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             loss = loss.detach()
+            step += 1
+    applied = [list(worker.applied_command_ids)]
+    if distributed:
+        applied = [None] * dist.get_world_size()
+        dist.all_gather_object(applied, list(worker.applied_command_ids))
     if args.out and rank == 0:
         Path(args.out).write_text(
             json.dumps(
                 {
                     "boundary": worker.boundary,
                     "applied": list(worker.applied_command_ids),
+                    "applied_by_rank": applied,
                     "rebuilds": worker.rebuilds,
                     "final_loss": float(loss),
                     "probe_loss": summary.probe_loss if summary else None,
