@@ -20,6 +20,13 @@ def cli_json(address: str, *argv: str) -> dict:
     return json.loads(done.stdout)
 
 
+def deploy(address: str, module: str, blueprint: str, command_id: str, *flags: str) -> None:
+    done = narset_cli(
+        address, "deploy", "run-7", "--module", module, "--blueprint", blueprint, "--id", command_id, *flags
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def run_until(job: TrainingJob, done, limit: int = 40) -> list[dict]:
     """Advance boundary by boundary until `done(summary)` holds (at most `limit` boundaries)."""
     seen = []
@@ -44,27 +51,8 @@ def test_cli_deploy_runs_schedule_and_fuses_with_parity(narset_server, job):
     """Deploy by CLI applies at the next boundary; alpha follows the schedule; every gate is reported;
     at TTL Narset fuses; the host alone reproduces the scaffolded output and the scaffold is gone."""
     address = narset_server.address
-    deploy = narset_cli(
-        address,
-        "deploy",
-        "run-7",
-        "--module",
-        "fc2",
-        "--blueprint",
-        "lora",
-        "--id",
-        "dep-1",
-        "--param",
-        "rank=4",
-        "--warmup",
-        "2",
-        "--hold",
-        "3",
-        "--ttl",
-        "5",
-        *LENIENT,
-    )
-    assert deploy.returncode == 0, deploy.stderr
+    schedule = ["--warmup", "2", "--hold", "3", "--ttl", "5"]
+    deploy(address, "fc2", "lora", "dep-1", "--param", "rank=4", *schedule, *LENIENT)
     job.order("next")
     seen = run_until(job, lambda s: any(x["stage"] == "SCAFFOLD_STAGE_FUSED" for x in s["scaffolds"]))
     assert seen[0]["results"][0]["id"] == "dep-1" and seen[0]["module_types"]["fc2"] == "Scaffold"
@@ -121,27 +109,8 @@ def test_harmful_scaffold_is_pruned_and_region_embargoed(narset_server, job):
 def test_soft_failure_persists_twice_then_decides(narset_server, job):
     """A soft gate failing while G2 shows benefit extends the TTL by 3, at most twice, never past 2x TTL."""
     address = narset_server.address
-    deploy = narset_cli(
-        address,
-        "deploy",
-        "run-7",
-        "--module",
-        "fc2",
-        "--blueprint",
-        "lora",
-        "--id",
-        "keep",
-        "--warmup",
-        "1",
-        "--hold",
-        "5",
-        "--ttl",
-        "6",
-        "--epsilon",
-        "-1",
-        *LENIENT,
-    )
-    assert deploy.returncode == 0, deploy.stderr
+    # G1 can never pass (epsilon -1): a soft failure, while G2 passes (gamma -1).
+    deploy(address, "fc2", "lora", "keep", "--warmup", "1", "--hold", "5", "--ttl", "6", "--epsilon", "-1", *LENIENT)
     job.order("next")
     seen = run_until(job, lambda s: any(x["stage"] == "SCAFFOLD_STAGE_PRUNED" for x in s["scaffolds"]))
     decisions = cli_json(address, "decisions", "run-7")["decisions"]
