@@ -127,6 +127,7 @@ def run_demo(config: DemoConfig, as_json: bool = False) -> dict:
     from kasmina_worker import KasminaWorker
     from narset.launch import ServeProcess
     from narset.logs import configure_logging
+    from narset.v1.telemetry_pb2 import CommandOutcome
 
     configure_logging("warning", "console")  # progress is the demo's own output; logs only for trouble
 
@@ -189,7 +190,7 @@ def run_demo(config: DemoConfig, as_json: bool = False) -> dict:
                     if deploy_at is None and stage not in ("FUSED", "PRUNED"):
                         deploy_at = summary.boundary
                 row.decisions = [
-                    f"{r.command_id}: {'applied' if r.outcome == 1 else 'rejected'} {r.message}"
+                    f"{r.command_id}: {CommandOutcome.Name(r.outcome).removeprefix('COMMAND_OUTCOME_')} {r.message}"
                     for r in summary.results
                 ]
                 rows.append(row)
