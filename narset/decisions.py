@@ -119,6 +119,9 @@ class DecisionEngine:
                 or scaffold.scaffold_id in in_flight
             ):
                 continue
+            flagged = any(getattr(report.gates, flag) for flag in SAFETY_FLAGS)
+            if not flagged and scaffold.stage != _O.SCAFFOLD_STAGE_EVALUATING:
+                continue  # nothing to decide before the end of its life
             judgement = judge_scaffold(self._store, scaffold, probe_loss)
             outcome = _outcome(scaffold, judgement)
             if outcome is not None:
