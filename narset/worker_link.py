@@ -4,7 +4,8 @@ A training process must hold no gRPC state when it forks (DataLoader workers wit
 method abort otherwise), so the job's rank 0 never imports a channel: it starts
 `python -m narset.worker_link ADDRESS` once and exchanges length-prefixed protobuf frames with it
 over pipes. The child keeps one channel open across boundaries and applies a deadline to each RPC;
-the parent bounds every wait as well, so a hung or absent Narset costs at most `timeout_s` per call.
+the parent bounds every wait as well, so a hung or absent Narset costs at most `timeout_s` (plus a
+half-second margin) per call.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _RPCS = {
 _KIND_BY_RPC = {name: kind for kind, (name, _, _) in _RPCS.items()}
 _OK, _ERROR = 0, 1
 STARTUP_ALLOWANCE_S = 15.0  # a fresh link process imports grpc before it can answer
+FRAME_MARGIN_S = 0.5  # the child's own deadline expires first, so its answer frame is not cut off
 
 
 class LinkError(Exception):
@@ -97,7 +99,8 @@ class WorkerLink:
         kind = _KIND_BY_RPC[rpc]
         self.start()
         process = self._process
-        deadline = time.monotonic() + self.timeout_s + (0.0 if self._answered else STARTUP_ALLOWANCE_S)
+        allowance = FRAME_MARGIN_S + (0.0 if self._answered else STARTUP_ALLOWANCE_S)
+        deadline = time.monotonic() + self.timeout_s + allowance
         try:
             _write_frame(process.stdin, kind, request.SerializeToString())
             remaining = deadline - time.monotonic()
@@ -152,7 +155,9 @@ def _serve_link(address: str, timeout_s: float) -> None:
                 return
             name, request_type, _ = _RPCS[kind]
             try:
-                response = getattr(stub, name)(request_type.FromString(payload), timeout=timeout_s)
+                # wait_for_ready: while Narset is away a call waits (bounded) for the channel to
+                # reconnect instead of failing at once during the reconnect backoff.
+                response = getattr(stub, name)(request_type.FromString(payload), timeout=timeout_s, wait_for_ready=True)
                 _write_frame(stdout, _OK, response.SerializeToString())
             except grpc.RpcError as error:
                 problem = {"code": error.code().name, "details": error.details() or ""}

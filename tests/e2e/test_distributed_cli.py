@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import narset_cli
+from e2e_testing import narset_cli
 
 pytestmark = pytest.mark.slow
 

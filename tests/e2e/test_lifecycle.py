@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TrainingJob, narset_cli
+from e2e_testing import TrainingJob, narset_cli
 
 pytestmark = pytest.mark.slow
 
