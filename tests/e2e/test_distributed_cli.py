@@ -52,7 +52,11 @@ def test_two_rank_job_applies_cli_deploy_and_fold_once_on_both_ranks(narset_serv
     try:
         attached = wait_for("the job to attach", lambda: state(address, "jobs")["jobs"], job=job)
         assert attached[0]["world_size"] == 2
-        deploy = narset_cli(address, "deploy", "dist", "--module", "fc2", "--blueprint", "lora", "--id", "d1")
+        # A long life: the gates must not decide an exit before the operator's fold arrives.
+        long_life = ["--warmup", "1", "--hold", "500", "--ttl", "501"]
+        deploy = narset_cli(
+            address, "deploy", "dist", "--module", "fc2", "--blueprint", "lora", "--id", "d1", *long_life
+        )
         assert deploy.returncode == 0, deploy.stderr
 
         def applied(command_id: str) -> bool:
