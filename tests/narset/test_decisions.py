@@ -301,3 +301,21 @@ def test_auto_policy_uses_a_module_outside_every_region(server, job, client):
     assert "region 'h.0.attn.c_attn' is the first with room" in decision.reason
     [scaffold] = client.list_scaffolds("run-7")
     assert (scaffold.module, scaffold.region) == ("h.0.attn.c_attn", "h.0.attn.c_attn")
+
+
+def test_persist_if_wins_extends_while_extensions_remain(job, client):
+    """Exit policy persist_if_wins: passing gates persist the scaffold until extensions run out, then fuse."""
+    for loss in (1.0, 1.0):
+        job.report(loss)
+    command = command_pb2.AdaptationCommand(command_id="sc", job_id="run-7")
+    command.deploy.module, command.deploy.blueprint = "encoder.fc1", "lora"
+    command.deploy.policy.exit_policy = command_pb2.EXIT_POLICY_PERSIST_IF_WINS
+    client.submit(command)
+    job.report(1.0)
+    job.report(0.8, [live(S.SCAFFOLD_STAGE_HOLD, age=1)])
+    outcomes = []
+    for ttl, extensions in ((12, 0), (15, 1), (18, 2)):
+        [decision] = job.report(0.7, [live(S.SCAFFOLD_STAGE_EVALUATING, PASSING, ttl, ttl, extensions)]).decisions
+        outcomes.append(decision.outcome)
+        job.report(0.7, [live(S.SCAFFOLD_STAGE_HOLD, PASSING, ttl, ttl + 3, extensions + 1)])
+    assert outcomes == [S.DECISION_OUTCOME_PERSIST, S.DECISION_OUTCOME_PERSIST, S.DECISION_OUTCOME_FUSE]
