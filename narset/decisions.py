@@ -6,8 +6,7 @@ the answer to that very report. Every decision is stored with its inputs, thresh
 
 from __future__ import annotations
 
-import time
-
+from narset.decision_log import record_decision
 from narset.events import EventHub
 from narset.gates import SAFETY_FLAGS, GateJudgement
 from narset.job_policy import default_job_policy
@@ -95,16 +94,8 @@ class DecisionEngine:
                 thresholds=scaffold.policy.gates,
                 issued_by=BREAKER_ISSUER,
             )
-            decision.created_at.FromNanoseconds(time.time_ns())
-            self._store.put_decision(decision)
+            record_decision(self._store, self._events, decision)
             self._embargo(job, scaffold.region, request.boundary)
-            self._events.emit(
-                job.job_id,
-                job_pb2.EVENT_KIND_DECISION_MADE,
-                f"PRUNE {scaffold.scaffold_id} at boundary {request.boundary}: {reason}",
-                scaffold_id=scaffold.scaffold_id,
-                outcome="prune",
-            )
 
     def decide(self, job: job_pb2.Job, request: worker_service_pb2.ReportBoundaryRequest) -> list[_O.Decision]:
         in_flight = {r.scaffold_id for r in self._store.list_commands(job.job_id, _IN_FLIGHT)}
@@ -167,18 +158,9 @@ class DecisionEngine:
             command_id=command.command_id,
             issued_by=GATES_ISSUER,
         )
-        decision.created_at.FromNanoseconds(time.time_ns())
-        self._store.put_decision(decision)
+        record_decision(self._store, self._events, decision)
         if failure:
             self._embargo(job, scaffold.region, boundary)
-        self._events.emit(
-            job.job_id,
-            job_pb2.EVENT_KIND_DECISION_MADE,
-            f"{label.upper()} {scaffold.scaffold_id} at boundary {boundary}: {reason}",
-            scaffold_id=scaffold.scaffold_id,
-            outcome=label,
-            command_id=command.command_id,
-        )
         return decision
 
     def _embargo(self, job: job_pb2.Job, region: str, boundary: int) -> None:

@@ -12,6 +12,7 @@ import time
 import uuid
 
 from narset.catalogue import blueprint_fit_errors, region_for_module
+from narset.decision_log import record_decision
 from narset.errors import Refusal
 from narset.events import EventHub
 from narset.job_policy import default_job_policy
@@ -96,7 +97,7 @@ class CommandLedger:
             if new_scaffold is not None:
                 self._store.put_scaffold(new_scaffold)
             if decision is not None:
-                self._store.put_decision(decision)
+                record_decision(self._store, self._events, decision)
             self._events.emit(
                 job.job_id,
                 job_pb2.EVENT_KIND_COMMAND_SUBMITTED,
@@ -272,7 +273,6 @@ class CommandLedger:
             issued_by=cmd.issued_by,
             forced=force,
         )
-        decision.created_at.FromNanoseconds(time.time_ns())
         return decision
 
     def _resolve(self, job: job_pb2.Job, action: str, ref: command_pb2.ScaffoldRef) -> job_pb2.Scaffold:

@@ -13,11 +13,11 @@ policy scaffold lives at a time, and after a policy deploy the policy waits a fu
 from __future__ import annotations
 
 import math
-import time
 
 import structlog
 
 from narset.catalogue import blueprint_fit_errors, region_for_module
+from narset.decision_log import record_decision
 from narset.errors import Refusal
 from narset.events import EventHub
 from narset.job_policy import default_job_policy
@@ -112,17 +112,7 @@ class TacticalPolicy:
             command_id=command.command_id,
             issued_by=POLICY_ISSUER,
         )
-        decision.created_at.FromNanoseconds(time.time_ns())
-        self._store.put_decision(decision)
-        self._events.emit(
-            job.job_id,
-            job_pb2.EVENT_KIND_DECISION_MADE,
-            f"DEPLOY {auto.blueprint} on {module} at boundary {request.boundary}: {reason}",
-            scaffold_id=record.scaffold_id,
-            outcome="deploy",
-            command_id=command.command_id,
-        )
-        return decision
+        return record_decision(self._store, self._events, decision)
 
     def _cooling_down(self, job_id: str, boundary: int, window: int) -> bool:
         for decision in self._store.list_decisions(job_id):
