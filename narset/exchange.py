@@ -60,6 +60,16 @@ def _check_report(request: worker_service_pb2.ReportBoundaryRequest) -> None:
             raise Refusal.invalid(f"report.results[{i}].command_id", "is required")
 
 
+def _check_unique_names(field: str, kind: str, items) -> None:
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if not item.name:
+            raise Refusal.invalid(f"{field}[{i}].name", "is required")
+        if item.name in seen:
+            raise Refusal.invalid(f"{field}[{i}].name", f"duplicate {kind} '{item.name}'")
+        seen.add(item.name)
+
+
 def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
     check_identifier("attach.job_id", request.job_id)
     if request.world_size < 1:
@@ -69,13 +79,7 @@ def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
             "attach.capabilities.protocol_version",
             f"worker speaks protocol {request.capabilities.protocol_version}, this Narset {PROTOCOL_VERSION}",
         )
-    seen: set[str] = set()
-    for i, module in enumerate(request.modules):
-        if not module.name:
-            raise Refusal.invalid(f"attach.modules[{i}].name", "is required")
-        if module.name in seen:
-            raise Refusal.invalid(f"attach.modules[{i}].name", f"duplicate module '{module.name}'")
-        seen.add(module.name)
+    _check_unique_names("attach.modules", "module", request.modules)
     builtin = {b.name for b in BUILTIN_BLUEPRINTS}
     for i, blueprint in enumerate(request.blueprints):
         if not blueprint.name or blueprint.name in builtin:
@@ -86,15 +90,10 @@ def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
             raise Refusal.invalid(
                 f"attach.blueprints[{i}].host_types", f"blueprint '{blueprint.name}' needs a host type"
             )
-    regions: set[str] = set()
+    _check_unique_names("attach.regions", "region", request.regions)
     for i, region in enumerate(request.regions):
-        if not region.name:
-            raise Refusal.invalid(f"attach.regions[{i}].name", "is required")
-        if region.name in regions:
-            raise Refusal.invalid(f"attach.regions[{i}].name", f"duplicate region '{region.name}'")
         if not region.patterns:
             raise Refusal.invalid(f"attach.regions[{i}].patterns", f"region '{region.name}' needs a pattern")
-        regions.add(region.name)
 
 
 class Exchange:

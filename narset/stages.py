@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from narset.v1 import telemetry_pb2
 
-__all__ = ["ENDED_STAGES", "LIVE_STAGES", "OCCUPYING_STAGES", "stage_name"]
+__all__ = ["LIVE_STAGES", "OCCUPYING_STAGES", "stage_name"]
 
 _S = telemetry_pb2
 
@@ -22,7 +22,6 @@ LIVE_STAGES = frozenset(
 )
 # A module holding one of these has a seed on it already: no second deploy there.
 OCCUPYING_STAGES = LIVE_STAGES | {_S.SCAFFOLD_STAGE_PERMANENT}
-ENDED_STAGES = frozenset({_S.SCAFFOLD_STAGE_FUSED, _S.SCAFFOLD_STAGE_PRUNED})
 
 
 def stage_name(stage: int) -> str:

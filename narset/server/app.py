@@ -48,7 +48,6 @@ class NarsetServer:
         self._store: Store | None = None
         self._events: EventHub | None = None
         self._health: health.aio.HealthServicer | None = None
-        self._stopped = asyncio.Event()
 
     async def start(self) -> int:
         store = Store.open(self.settings.db_path, self.settings.sqlite_synchronous)
@@ -89,10 +88,6 @@ class NarsetServer:
         await server.stop(self.settings.grace_s if grace is None else grace)
         self._store.close()
         log.info("server.stopped")
-        self._stopped.set()
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
     async def __aenter__(self) -> NarsetServer:
         await self.start()

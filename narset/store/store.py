@@ -168,9 +168,6 @@ class Store:
         rows = self._db.execute(f"SELECT body FROM commands WHERE job_id = ?{where} ORDER BY seq", (job_id,))
         return [command_pb2.CommandRecord.FromString(r[0]) for r in rows.fetchall()]
 
-    def count_commands(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM commands").fetchone()[0]
-
     # scaffolds ----------------------------------------------------------------------------------
 
     def put_scaffold(self, scaffold: job_pb2.Scaffold) -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["JOB_SCRIPT", "TrainingJob", "narset_cli"]
+__all__ = ["JOB_SCRIPT", "TrainingJob", "cli_json", "narset_cli"]
 
 JOB_SCRIPT = Path(__file__).with_name("train_job.py")
 
@@ -54,3 +54,10 @@ def narset_cli(address: str, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "narset", *argv, "--server", address], capture_output=True, text=True, timeout=60
     )
+
+
+def cli_json(address: str, *argv: str) -> dict:
+    """`narset ARGV --json` against `address`, which must succeed; its document."""
+    done = narset_cli(address, *argv, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_testing import narset_cli
+from e2e_testing import cli_json, narset_cli
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +30,6 @@ def wait_for(what: str, check, timeout_s: float = 180.0, job: subprocess.Popen |
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def state(address: str, *argv: str) -> dict:
-    done = narset_cli(address, *argv, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def test_two_rank_job_applies_cli_deploy_and_fold_once_on_both_ranks(narset_server, tmp_path):
     """Rank 0 talks to Narset, both ranks apply the CLI's deploy and fold exactly once."""
     address, stop, out = narset_server.address, tmp_path / "stop", tmp_path / "out.json"
@@ -50,7 +44,7 @@ def test_two_rank_job_applies_cli_deploy_and_fold_once_on_both_ranks(narset_serv
         text=True,
     )
     try:
-        attached = wait_for("the job to attach", lambda: state(address, "jobs")["jobs"], job=job)
+        attached = wait_for("the job to attach", lambda: cli_json(address, "jobs")["jobs"], job=job)
         assert attached[0]["world_size"] == 2
         # A long life: the gates must not decide an exit before the operator's fold arrives.
         long_life = ["--warmup", "1", "--hold", "500", "--ttl", "501"]
@@ -60,7 +54,7 @@ def test_two_rank_job_applies_cli_deploy_and_fold_once_on_both_ranks(narset_serv
         assert deploy.returncode == 0, deploy.stderr
 
         def applied(command_id: str) -> bool:
-            commands = state(address, "commands", "dist")["commands"]
+            commands = cli_json(address, "commands", "dist")["commands"]
             return any(
                 c["command"]["command_id"] == command_id and c["state"] == "COMMAND_STATE_APPLIED" for c in commands
             )
@@ -69,7 +63,7 @@ def test_two_rank_job_applies_cli_deploy_and_fold_once_on_both_ranks(narset_serv
         wait_for(
             "the scaffold to report live",
             lambda: any(
-                s["stage"] != "SCAFFOLD_STAGE_PENDING" for s in state(address, "scaffolds", "dist")["scaffolds"]
+                s["stage"] != "SCAFFOLD_STAGE_PENDING" for s in cli_json(address, "scaffolds", "dist")["scaffolds"]
             ),
             job=job,
         )
@@ -78,7 +72,7 @@ def test_two_rank_job_applies_cli_deploy_and_fold_once_on_both_ranks(narset_serv
         wait_for("the fold to apply", lambda: applied("f1"), job=job)
         wait_for(
             "the scaffold to report fused",
-            lambda: state(address, "scaffolds", "dist", "--all")["scaffolds"][0]["stage"] == "SCAFFOLD_STAGE_FUSED",
+            lambda: cli_json(address, "scaffolds", "dist", "--all")["scaffolds"][0]["stage"] == "SCAFFOLD_STAGE_FUSED",
             job=job,
         )
         stop.touch()
@@ -90,7 +84,7 @@ def test_two_rank_job_applies_cli_deploy_and_fold_once_on_both_ranks(narset_serv
     result = json.loads(out.read_text())
     assert result["applied_by_rank"] == [["d1", "f1"], ["d1", "f1"]]
     assert result["scaffolds"] == []
-    commands = state(address, "commands", "dist")["commands"]
+    commands = cli_json(address, "commands", "dist")["commands"]
     assert [(c["command"]["command_id"], c["state"]) for c in commands] == [
         ("d1", "COMMAND_STATE_APPLIED"),
         ("f1", "COMMAND_STATE_APPLIED"),

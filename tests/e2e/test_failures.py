@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from e2e_testing import TrainingJob, narset_cli
+from e2e_testing import TrainingJob, cli_json, narset_cli
 
 from narset.launch import ServeProcess
 
@@ -24,7 +22,7 @@ def test_job_with_forking_dataloader_runs_five_boundaries(narset_server, tmp_pat
     finally:
         if job.process.poll() is None:
             job.kill()
-    jobs = json.loads(narset_cli(narset_server.address, "jobs", "--json").stdout)["jobs"]
+    jobs = cli_json(narset_server.address, "jobs")["jobs"]
     assert [(j["job_id"], j["last_boundary"], j["state"]) for j in jobs] == [("forky", "5", "JOB_STATE_DETACHED")]
 
 
@@ -62,7 +60,7 @@ def test_narset_killed_then_restarted_job_keeps_training_and_applies_once(tmp_pa
         assert all(r["msg"] == "already applied (duplicate delivery)" for r in applications[1:])
         assert summary["module_types"]["fc2"] == "Scaffold"
         assert summary["applied"] == ["dep-1"]
-        commands = json.loads(narset_cli(server.address, "commands", "resilient", "--json").stdout)["commands"]
+        commands = cli_json(server.address, "commands", "resilient")["commands"]
         assert [(c["command"]["command_id"], c["state"]) for c in commands] == [("dep-1", "COMMAND_STATE_APPLIED")]
         assert job.stop() == 0
     finally:
@@ -122,7 +120,7 @@ def test_job_killed_before_saving_resumes_with_the_command_applied_once(tmp_path
         assert [r["id"] for s in summaries for r in s["results"] if r["outcome"] == "COMMAND_OUTCOME_APPLIED"] == [
             "dep-1"
         ]
-        commands = json.loads(narset_cli(server.address, "commands", "again", "--json").stdout)["commands"]
+        commands = cli_json(server.address, "commands", "again")["commands"]
         assert [(c["command"]["command_id"], c["state"]) for c in commands] == [("dep-1", "COMMAND_STATE_APPLIED")]
     finally:
         server.terminate()

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from e2e_testing import TrainingJob, narset_cli
+from e2e_testing import TrainingJob, cli_json, narset_cli
 
 pytestmark = pytest.mark.slow
 
 # Lenient on the noisy measures of a 2-core shared machine (step time) and on G2, which these short
 # runs cannot earn; the thresholds are per deploy, and the tests check the mechanics they drive.
 LENIENT = ["--gamma", "-1", "--step-time-max", "100"]
-
-
-def cli_json(address: str, *argv: str) -> dict:
-    done = narset_cli(address, *argv, "--json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def deploy(address: str, module: str, blueprint: str, command_id: str, *flags: str) -> None:
