@@ -1,9 +1,10 @@
 """Training-step overhead of Kasmina, measured side by side on the same inputs.
 
-    python benchmarks/step_overhead.py [--width 512] [--depth 4] [--batch 256] [--repeats 15]
+    python benchmarks/step_overhead.py [--width 512] [--depth 4] [--batch 256] [--rounds 400]
 
-Prints, with finely interleaved repeated timing (candidates alternate every `--inner` steps, so
-machine drift hits all alike; the median over `--repeats` rounds):
+Prints, timed side by side (each round runs one training step of both candidates, alternating
+which goes first, so machine drift and cache state hit both alike; ratios are the median of the
+per-round ratios, with their interquartile range):
 1. the untouched model vs `worker.model` with nothing deployed (target 1.00x);
 2. a scaffolded model (LoRA, weaning: host and seed both train) trained through the worker
    (`step_loss` included) vs a hand-written module computing the same host + seed + lerp
@@ -19,6 +20,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -62,19 +64,40 @@ def step_fn(model: nn.Module, optimizer, x, y, loss_hook: Callable = lambda loss
     return step
 
 
-def interleaved(steps: dict[str, Callable[[], None]], repeats: int, inner: int) -> dict[str, float]:
-    """Median seconds per step of each candidate, timing them in alternation."""
-    for fn in steps.values():
-        for _ in range(3):
+@dataclass(frozen=True)
+class Paired:
+    """Side-by-side step times of a reference and a candidate, one step of each per round."""
+
+    reference_s: float
+    candidate_s: float
+    ratio: float
+    ratio_q1: float
+    ratio_q3: float
+
+
+def paired(reference: Callable[[], None], candidate: Callable[[], None], rounds: int) -> Paired:
+    """Time one step of each per round, alternating which goes first (ABBA), so drift and cache
+    state hit both alike; the ratio is the median of the per-round ratios."""
+    for fn in (reference, candidate):
+        for _ in range(5):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, fn in steps.items():
+    ref, cand = [], []
+    for i in range(rounds):
+        order = ((ref, reference), (cand, candidate))
+        for samples, fn in order if i % 2 == 0 else order[::-1]:
             start = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            samples[name].append((time.perf_counter() - start) / inner)
-    return {name: statistics.median(values) for name, values in samples.items()}
+            fn()
+            samples.append(time.perf_counter() - start)
+    q1, median, q3 = statistics.quantiles([c / r for r, c in zip(ref, cand, strict=True)], n=4)
+    return Paired(statistics.median(ref), statistics.median(cand), median, q1, q3)
+
+
+def print_pair(reference: str, candidate: str, result: Paired) -> None:
+    print(f"   {reference:20s}{result.reference_s * 1e3:8.3f} ms/step")
+    print(
+        f"   {candidate:20s}{result.candidate_s * 1e3:8.3f} ms/step   "
+        f"ratio {result.ratio:.3f}x (interquartile {result.ratio_q1:.3f}-{result.ratio_q3:.3f})"
+    )
 
 
 def tensor_bytes(tensors) -> int:
@@ -114,8 +137,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=150)
-    parser.add_argument("--inner", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=400)
     args = parser.parse_args()
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.width)
@@ -129,18 +151,10 @@ def main() -> None:
     opt_base = torch.optim.Adam(base.parameters(), lr=1e-4)
     opt_idle = torch.optim.Adam(idle.parameters(), lr=1e-4)
     worker_idle = KasminaWorker(idle, opt_idle, job="bench-idle")
-    times = interleaved(
-        {
-            "untouched": step_fn(base, opt_base, x, y),
-            "idle worker": step_fn(worker_idle.model, opt_idle, x, y, worker_idle.step_loss),
-        },
-        args.repeats,
-        args.inner,
-    )
+    idle_step = step_fn(worker_idle.model, opt_idle, x, y, worker_idle.step_loss)
+    result = paired(step_fn(base, opt_base, x, y), idle_step, args.rounds)
     print("\n1. nothing deployed (target 1.00x)")
-    print(f"   untouched model     {times['untouched'] * 1e3:8.3f} ms/step")
-    ratio = times["idle worker"] / times["untouched"]
-    print(f"   worker.model        {times['idle worker'] * 1e3:8.3f} ms/step   ratio {ratio:.3f}x")
+    print_pair("untouched model", "worker.model", result)
 
     # 2. scaffold vs hand-written blend, both weaning (host and seed train).
     scaffolded = make_model(args.width, args.depth)
@@ -167,20 +181,11 @@ def main() -> None:
     opt_h = torch.optim.Adam(hand.parameters(), lr=1e-4)
     with torch.no_grad():
         assert torch.allclose(hand(x), scaffolded(x), atol=1e-6), "hand-written reference must compute the same"
-    times = interleaved(
-        {
-            "hand": step_fn(hand, opt_h, x, y),
-            "scaffold": step_fn(worker.model, opt_s, x, y, worker.step_loss),
-        },
-        args.repeats,
-        args.inner,
-    )
+    result = paired(step_fn(hand, opt_h, x, y), step_fn(worker.model, opt_s, x, y, worker.step_loss), args.rounds)
     print(
         f"\n2. one live LoRA scaffold (rank {args.rank}, weaning, alpha {float(scaffold.alpha):.3f}) (target <= 1.03x)"
     )
-    print(f"   hand-written blend  {times['hand'] * 1e3:8.3f} ms/step")
-    ratio = times["scaffold"] / times["hand"]
-    print(f"   Kasmina scaffold    {times['scaffold'] * 1e3:8.3f} ms/step   ratio {ratio:.3f}x")
+    print_pair("hand-written blend", "Kasmina scaffold", result)
 
     # 3. memory of a live scaffold vs its seed's params + grads + optimiser state.
     plain = make_model(args.width, args.depth)

@@ -1,30 +1,38 @@
-"""Safety breakers and the step-loss ring buffer, all on-device: nothing here synchronises.
+"""Safety breakers and the step-loss ring buffer, all on-device: nothing here synchronises per step.
 
-* Loss breaker (`LossBreaker.check`, from `step_loss`): a non-finite step loss, or a step loss
-  above `spike_factor` times the mean of the finite losses in the window, cuts the alpha of every
-  live scaffold to 0 in place (`torch._foreach_mul_` by a 0/1 flag) when that step's backward
-  has finished, and records the trip.
-* Seed breaker (`SeedGuard`, checked in the same call): a non-finite seed parameter (which is
-  where a non-finite seed gradient lands after the optimiser step) cuts that scaffold's alpha
-  when the step's backward has finished, and records the trip.
+`Breakers.observe` (from `step_loss`) judges every step:
 
-The scaffold's forward replaces non-finite seed outputs by 0 and non-finite gradients into the
-seed's input by 0, so after a cut (alpha 0) the output is exactly the host's and the host stays
-finite. The worker reads the trip records at the next boundary and prunes the scaffolds.
+* the step loss: non-finite, or above `spike_factor` times the mean of the finite losses in the
+  window, cuts the alpha of every live scaffold to 0;
+* each live seed's parameters: a non-finite value (where a non-finite seed gradient lands after
+  the optimiser step) cuts that scaffold's alpha to 0.
+
+The cuts are applied in place when that step's backward has finished (alpha is saved for
+backward, also as an input of compiled graphs), so the next forward already uses them. The
+scaffold's forward replaces non-finite seed outputs by 0 and non-finite gradients into the seed's
+input by 0, so after a cut the output is exactly the host's and the host stays finite. The
+worker reads the trips at the next boundary (`settle`, a sync) and prunes the cut scaffolds.
+
+The per-step path runs on every training step, where every kernel launch and every Python call
+is paid with cold caches after the model's own work, so it is one vector of checks: the ring
+stores a non-finite loss as NaN, so `value <= limit` is false for a non-finite loss and for a
+spike alike, and a trip is recorded with two in-place ops for all checks at once (`alive`, 1
+until a check first fails, and `passed`, the checks passed before that).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BreakerConfig", "LossBreaker", "SeedGuard", "StepLossRing", "TRIP_LOSS_SPIKE", "TRIP_NON_FINITE"]
+__all__ = ["BreakerConfig", "Breakers", "StepLossRing", "TRIP_LOSS_SPIKE", "TRIP_NON_FINITE", "Trip", "Watch"]
 
 TRIP_NON_FINITE = 1
 TRIP_LOSS_SPIKE = 2
+NO_LIMIT = torch.finfo(torch.float32).max
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -47,43 +55,21 @@ class BreakerConfig:
             raise ValueError(f"min_history must be in [1, window={self.window}], got {self.min_history}")
 
 
-NEVER = torch.iinfo(torch.int64).max
-
-
-class _Trip:
-    """An on-device trip record: kind bits and the first step that tripped."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.kind = torch.zeros((), dtype=torch.int64, device=device)
-        self.first = torch.full((), NEVER, dtype=torch.int64, device=device)
-
-    def mark(self, flag: torch.Tensor, kind: torch.Tensor, step: int) -> None:
-        """Record `kind` (already 0 where `flag` is false) at `step` when `flag` holds."""
-        self.kind.bitwise_or_(kind)
-        torch.minimum(self.first, torch.where(flag, step, NEVER), out=self.first)
-
-    def read(self) -> tuple[int, int]:
-        """(kind bits, first step or -1); synchronises, boundaries only."""
-        kind, first = int(self.kind), int(self.first)
-        return kind, -1 if first == NEVER else first
-
-    def reset(self) -> None:
-        self.kind.zero_()
-        self.first.fill_(NEVER)
-
-
 class StepLossRing:
-    """The last `window` step losses on-device, written without synchronising."""
+    """The last `window` step losses on-device (non-finite ones as NaN), written without synchronising."""
 
     def __init__(self, window: int, device: torch.device) -> None:
         self.window = window
         self.buffer = torch.full((window,), math.nan, dtype=torch.float32, device=device)
+        self._slots = self.buffer.unbind()
         self.steps = 0
 
-    def record(self, value: torch.Tensor, finite: torch.Tensor) -> None:
-        """Write a 0-dim fp32 step loss (NaN where not `finite`)."""
-        self.buffer[self.steps % self.window] = torch.where(finite, value, math.nan)
+    def record(self, value: torch.Tensor) -> torch.Tensor:
+        """Write a 0-dim fp32 step loss, NaN where it is not finite; returns the written slot."""
+        slot = self._slots[self.steps % self.window]
+        torch.nan_to_num(value, nan=math.nan, posinf=math.nan, neginf=math.nan, out=slot)
         self.steps += 1
+        return slot
 
     def at(self, step: int) -> float | None:
         """The loss recorded at ring step `step` if still in the window; synchronises."""
@@ -107,71 +93,108 @@ class StepLossRing:
         self.steps = int(state["steps"])
 
 
-def after_backward(loss: torch.Tensor, action: Callable[[], object]) -> None:
-    """Run `action` once the backward of `loss` has finished (at once if it has no backward).
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """One live scaffold as the breakers see it: its alpha buffer and its seed's (local) parameters."""
 
-    Alpha is saved for backward by the blend (also inside compiled graphs), so a cut must not
-    change it between this step's forward and backward; the next forward sees it.
-    """
-    if not loss.requires_grad:
-        action()
-        return
-
-    def queue(grad: torch.Tensor) -> torch.Tensor:
-        torch.autograd.Variable._execution_engine.queue_callback(action)
-        return grad
-
-    loss.register_hook(queue)
+    alpha: torch.Tensor
+    params: Sequence[torch.Tensor]
 
 
-class LossBreaker:
-    """Cuts every live scaffold's alpha on a non-finite or spiking step loss."""
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """What a breaker recorded since it was armed: kind bits (0: never tripped) and the first step."""
+
+    kind: int = 0
+    first: int = -1
+
+
+# Rows of the check vector: the loss against the spike limit, the loss alone (finite?), then one
+# row per watched seed (the sum of its parameter norms, finite iff every parameter is).
+_LOSS, _LOSS_FINITE, _SEEDS = 0, 1, 2
+
+
+class Breakers:
+    """The loss breaker and the seed guards of every live scaffold, judged as one vector per step."""
 
     def __init__(self, config: BreakerConfig, ring: StepLossRing, device: torch.device) -> None:
         self.config = config
         self.ring = ring
-        self.trip = _Trip(device)
+        self.device = device
+        self.arm([])
 
-    def observe(self, loss: torch.Tensor, guards: Sequence[SeedGuard], step: int) -> None:
-        """Judge this step's loss against the window and every live seed, record the loss; no sync.
+    def arm(self, watches: Sequence[Watch]) -> None:
+        """Watch these scaffolds from the next step on, with every trip cleared."""
+        rows = _SEEDS + len(watches)
+        self._watches = list(watches)
+        self._params = [p for watch in watches for p in watch.params]
+        self._param_counts = [len(watch.params) for watch in watches]
+        self._zero = torch.zeros((), device=self.device)
+        self._alphas = [watch.alpha for watch in watches]
+        self._limits = torch.full((rows,), NO_LIMIT, dtype=torch.float32, device=self.device)
+        self._alive = torch.ones(rows, dtype=torch.float32, device=self.device)
+        self._passed = torch.zeros(rows, dtype=torch.float64, device=self.device)
+        # Views made once, so the per-step path and the cut create no tensors for them.
+        self._spike_limit = self._limits[_LOSS]
+        self._loss_alive = self._alive[_LOSS]
+        self._seed_alive = list(self._alive[_SEEDS:].unbind())
+        self._start: int | None = None
 
-        The cuts are applied to the alphas once this step's backward has finished.
+    @property
+    def armed(self) -> bool:
+        return bool(self._watches)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        """Judge this step's loss and every watched seed, record the loss; no sync.
+
+        Steps are observed one after another while armed; the cuts land after this step's backward.
         """
-        value = loss.detach().reshape(()).float()
-        finite = torch.isfinite(value)
-        bad = ~finite
-        kind = bad.long()
-        if self.ring.steps >= self.config.min_history and math.isfinite(self.config.spike_factor):
-            spike = value > self.config.spike_factor * torch.nanmean(self.ring.buffer)
-            bad = bad | spike
-            kind = kind + spike.long() * TRIP_LOSS_SPIKE
-        self.trip.mark(bad, kind, step)
-        self.ring.record(value, finite)
-        if guards:
-            alphas = [guard.alpha for guard in guards]
-            keeps = [(guard.check(step) & ~bad).to(guard.alpha.dtype) for guard in guards]
-            after_backward(loss, lambda: torch._foreach_mul_(alphas, keeps))
+        value = loss.detach()
+        if value.dim() or value.dtype != torch.float32:
+            value = value.reshape(()).float()
+        if self.ring.steps >= self.config.min_history and not math.isinf(self.config.spike_factor):
+            # The mean of the window before this loss; an all-NaN window has none: no limit then.
+            torch.nanmean(self.ring.buffer, out=self._spike_limit)
+            self._spike_limit.mul_(self.config.spike_factor).nan_to_num_(nan=NO_LIMIT)
+        recorded = self.ring.record(value)
+        norms = torch._foreach_norm(self._params) if self._params else []
+        seeds, at = [], 0
+        for count in self._param_counts:
+            total = norms[at] if count else self._zero
+            for norm in norms[at + 1 : at + count]:
+                total = total + norm
+            seeds.append(total)
+            at += count
+        checks = torch.stack([recorded, recorded, *seeds]) <= self._limits
+        self._alive.mul_(checks)
+        self._passed.add_(self._alive)
+        if self._start is None:
+            self._start = step
+        if loss.requires_grad:
+            loss.register_hook(self._cut_after_backward)
+        else:
+            self._cut()
 
+    def _cut_after_backward(self, grad: torch.Tensor) -> torch.Tensor:
+        torch.autograd.Variable._execution_engine.queue_callback(self._cut)
+        return grad
 
-class SeedGuard:
-    """Watches one scaffold's seed parameters: any non-finite value cuts that scaffold's alpha.
+    def _cut(self) -> None:
+        """alpha *= 0 where a breaker has tripped (a no-op multiply by 1 elsewhere)."""
+        torch._foreach_mul_(self._alphas, self._seed_alive)
+        torch._foreach_mul_(self._alphas, self._loss_alive)
 
-    One fused norm over the seed's parameters per step; a NaN/Inf gradient shows up as a
-    non-finite parameter after the optimiser step and is caught at the next step. The host is
-    protected meanwhile by the scaffold's forward (non-finite seed outputs and seed-input
-    gradients are replaced by 0).
-    """
+    def settle(self) -> tuple[Trip, list[Trip]]:
+        """The loss trip and one trip per watched scaffold since `arm`; synchronises (boundaries only)."""
+        alive, passed = self._alive.tolist(), self._passed.tolist()
+        start = self._start or 0
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], alpha: torch.Tensor) -> None:
-        self.params = list(params)
-        self.alpha = alpha
-        self.trip = _Trip(alpha.device)
+        def first(row: int) -> int:
+            return -1 if alive[row] else start + int(passed[row])
 
-    def check(self, step: int) -> torch.Tensor:
-        """0-dim bool: every seed parameter is finite; records a trip when not."""
-        if not self.params:
-            return torch.ones((), dtype=torch.bool, device=self.alpha.device)
-        ok = torch.isfinite(torch.stack(torch._foreach_norm(self.params))).all()
-        bad = ~ok
-        self.trip.mark(bad, bad.long(), step)
-        return ok
+        loss_first, non_finite_first = first(_LOSS), first(_LOSS_FINITE)
+        kind = TRIP_NON_FINITE if non_finite_first >= 0 else 0
+        if loss_first >= 0 and loss_first != non_finite_first:
+            kind |= TRIP_LOSS_SPIKE
+        seeds = [Trip(TRIP_NON_FINITE, first(row)) if first(row) >= 0 else Trip() for row in range(_SEEDS, len(alive))]
+        return Trip(kind, loss_first), seeds

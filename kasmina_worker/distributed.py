@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kasmina_worker.breakers import Trip
 from narset.v1 import command_pb2, telemetry_pb2
 
 __all__ = [
@@ -118,20 +119,20 @@ def broadcast_commands(
     return [command_pb2.AdaptationCommand.FromString(raw) for raw in payload[0]]
 
 
-def reduce_trips(kinds: Sequence[torch.Tensor], firsts: Sequence[torch.Tensor], info: RankInfo) -> None:
-    """In place: every trip's kind bits OR-ed and its first step MIN-ed over the ranks (one all-reduce)."""
-    if not info.distributed or not kinds:
-        return
-    device = _device(info)
-    kind = torch.stack([k.to(device) for k in kinds])
+def reduce_trips(trips: Sequence[Trip], info: RankInfo) -> list[Trip]:
+    """Every trip's kind bits OR-ed and its first step MIN-ed over the ranks (one all-reduce)."""
+    if not info.distributed or not trips:
+        return list(trips)
+    never = torch.iinfo(torch.int64).max
     # OR of small bit sets as a MAX per bit (MAX is the only order-free reduction all backends have),
     # and MIN of the first step as a MAX of its negation; one int64 tensor, one collective.
-    bits = torch.stack([(kind >> b) & 1 for b in range(2)], dim=1)
-    packed = torch.cat([bits, -torch.stack([f.to(device) for f in firsts]).unsqueeze(1)], dim=1)
+    rows = [[trip.kind & 1, trip.kind >> 1 & 1, -(trip.first if trip.first >= 0 else never)] for trip in trips]
+    packed = torch.tensor(rows, dtype=torch.int64, device=_device(info))
     dist.all_reduce(packed, op=dist.ReduceOp.MAX, group=info.group)
-    for i, (k, f) in enumerate(zip(kinds, firsts, strict=True)):
-        k.copy_((packed[i, 0] | (packed[i, 1] << 1)).to(k.device))
-        f.copy_((-packed[i, 2]).to(f.device))
+    return [
+        Trip(non_finite | spike << 1, -1 if -negated_first == never else -negated_first)
+        for non_finite, spike, negated_first in packed.tolist()
+    ]
 
 
 def mean_scalar(value: float | None, info: RankInfo) -> float | None:

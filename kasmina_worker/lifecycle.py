@@ -14,7 +14,7 @@ from torch import nn
 
 from kasmina_worker import optim
 from kasmina_worker.blueprints import BlueprintSpec, BuildContext, get_blueprint
-from kasmina_worker.breakers import SeedGuard, StepLossRing
+from kasmina_worker.breakers import StepLossRing
 from kasmina_worker.fold import FoldRecord, ParamSwap, fold_delta, fold_router, unfold_delta, unfold_router
 from kasmina_worker.hosts import module_info
 from kasmina_worker.scaffold import Scaffold
@@ -54,7 +54,6 @@ class LiveScaffold:
     deployed_boundary: int
     start_step: int
     host_requires_grad: dict[str, bool]
-    guard: SeedGuard | None = None
     exit: str = ""
     exit_command: str = ""
     trips: list[str] = field(default_factory=list)
@@ -155,7 +154,6 @@ class ScaffoldRuntime:
             start_step=start_step,
             host_requires_grad=requires_grad,
         )
-        live.guard = SeedGuard(list(seed.parameters()), module.alpha)
         self.live[plan.scaffold_id] = live
         self.apply_schedule(live)
         self.structure_version += 1

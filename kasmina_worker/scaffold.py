@@ -39,7 +39,9 @@ class _Blend(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, s: torch.Tensor, alpha: torch.Tensor, isolation: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(alpha, isolation)
-        return torch.lerp(h, torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0), alpha)
+        # The blend overwrites the sanitised copy: one fresh activation per step, like a plain lerp.
+        out = torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
+        return torch.lerp(h, out, alpha, out=out)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -77,7 +79,9 @@ class Scaffold(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         h = self.host(x, *args, **kwargs)
         s = self.seed(_FiniteGrad.apply(x), h, self.host)
-        y = _Blend.apply(h, s, self.alpha.to(h.dtype), self.isolation.to(h.dtype))
+        # The fp32 0-dim weights need no cast: a 0-dim tensor does not promote a bf16/fp16 blend,
+        # and lerp rounds the weight to the blend's dtype exactly as a cast would (the fold uses it).
+        y = _Blend.apply(h, s, self.alpha, self.isolation)
         if self.record_site:
             self.site = SiteTensors(x, h, s, y)
         return y

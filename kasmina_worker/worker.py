@@ -17,14 +17,7 @@ import torch
 from torch import nn
 
 from kasmina_worker import state as state_io
-from kasmina_worker.breakers import (
-    TRIP_LOSS_SPIKE,
-    TRIP_NON_FINITE,
-    BreakerConfig,
-    LossBreaker,
-    SeedGuard,
-    StepLossRing,
-)
+from kasmina_worker.breakers import TRIP_LOSS_SPIKE, TRIP_NON_FINITE, BreakerConfig, Breakers, StepLossRing, Watch
 from kasmina_worker.commands import CommandApplier
 from kasmina_worker.distributed import (
     DistributedConfig,
@@ -115,7 +108,7 @@ class KasminaWorker:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self._steps = 0
         self._ring = StepLossRing(self.config.breakers.window, device)
-        self._loss_breaker = LossBreaker(self.config.breakers, self._ring, device)
+        self._breakers = Breakers(self.config.breakers, self._ring, device)
         self._runtime = ScaffoldRuntime(model, optimizer, job, self._ring)
         self._applier = CommandApplier(
             self._runtime, job, _regions(regions), on_exit=self._on_exit, site_inputs=self._site_inputs
@@ -127,7 +120,6 @@ class KasminaWorker:
         self._teacher = Teacher(model, probe_losses)
         self._meter = GateMeter(model, self._probe, loss_fn, self._ring, _regions(regions), self.config.gates)
         self._boundary = 0
-        self._guards: list[SeedGuard] = []
         self._exits: list[telemetry_pb2.ScaffoldReport] = []
         self._unreported_reports: list[telemetry_pb2.ScaffoldReport] = []
         self._unreported_results: list[telemetry_pb2.CommandResult] = []
@@ -177,9 +169,9 @@ class KasminaWorker:
     def step_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """Add the teaching terms and record the step loss on-device; `loss` itself when idle."""
         self._steps += 1
-        if not self._guards:
+        if not self._breakers.armed:
             return loss
-        self._loss_breaker.observe(loss, self._guards, self._steps - 1)
+        self._breakers.observe(loss, self._steps - 1)
         if self._teacher.active:
             extra = self._teacher.terms(self._steps)
             if extra is not None:
@@ -216,7 +208,6 @@ class KasminaWorker:
         """One boundary: breakers, report, exchange, apply, advance; returns the summary."""
         k = self._boundary + 1
         self._exits = []
-        self._sync_trips()
         events = self._collect_trips()
         if self._runtime.live:
             self._rebuilder.unwrap_if_sharded()
@@ -266,16 +257,10 @@ class KasminaWorker:
             commands.extend(self._transport.exchange(report))
         return broadcast_commands(commands, self._rank)
 
-    def _sync_trips(self) -> None:
-        """OR the breaker trips over the ranks, so that every rank prunes the same scaffolds."""
-        trips = [self._loss_breaker.trip] + [live.guard.trip for live in self._runtime.live.values()]
-        reduce_trips([t.kind for t in trips], [t.first for t in trips], self._rank)
-
     def _sync_wrapper(self, changed: bool) -> None:
-        """Rebuild the wrapper after a structural change (collective); re-point the seed guards."""
+        """Rebuild the wrapper after a structural change (collective); re-arm the breakers on its parameters."""
         if self._rebuilder.finish(changed):
-            for live in self._runtime.live.values():
-                live.guard.params = local_tensors(list(live.module.seed.parameters()))
+            self._arm_breakers()
         self._wrapped = self._rebuilder.model
         self._wrapped_version = self._runtime.structure_version
 
@@ -301,25 +286,26 @@ class KasminaWorker:
         return report
 
     def _collect_trips(self) -> list[telemetry_pb2.SafetyEvent]:
-        """Read the breakers (a sync, boundaries only), prune every cut scaffold, reset the trips."""
-        events = []
-        loss_kind, loss_step = self._loss_breaker.trip.read()
-        loss_value = self._ring.at(self._ring.steps - (self._steps - loss_step)) if loss_kind else None
+        """Read the breakers (a sync, boundaries only; OR-ed over the ranks, so that every rank prunes
+        the same scaffolds) and prune every cut scaffold."""
+        if not self._breakers.armed:
+            return []
+        loss_trip, seed_trips = self._breakers.settle()
+        loss_trip, *seed_trips = reduce_trips([loss_trip, *seed_trips], self._rank)
+        loss_value = self._ring.at(self._ring.steps - (self._steps - loss_trip.first)) if loss_trip.kind else None
         detail = f"step loss {loss_value:.6g}" if loss_value is not None else "step loss"
-        for live in list(self._runtime.live.values()):
-            grad_kind, grad_step = live.guard.trip.read()
-            found = []
-            if loss_kind:
-                found += [(bit, loss_step, detail) for bit in TRIP_NAMES if loss_kind & bit]
-            if grad_kind:
-                found.append((TRIP_NON_FINITE, grad_step, "non-finite seed parameter"))
+        events = []
+        for live, seed_trip in zip(list(self._runtime.live.values()), seed_trips, strict=True):
+            found = [(bit, loss_trip.first, detail) for bit in TRIP_NAMES if loss_trip.kind & bit]
+            if seed_trip.kind:
+                found.append((TRIP_NON_FINITE, seed_trip.first, "non-finite seed parameter"))
             if not found:
                 continue
             gates = telemetry_pb2.GateTelemetry()
-            for bit, at_step, detail in found:
+            for bit, at_step, what in found:
                 events.append(
                     telemetry_pb2.SafetyEvent(
-                        scaffold_id=live.scaffold_id, kind=TRIP_NAMES[bit], step=at_step, detail=detail
+                        scaffold_id=live.scaffold_id, kind=TRIP_NAMES[bit], step=at_step, detail=what
                     )
                 )
                 gates.non_finite |= bit == TRIP_NON_FINITE
@@ -329,7 +315,6 @@ class KasminaWorker:
             )
             self._runtime.prune(live)
             self._exits.append(scaffold_report(live, stage=telemetry_pb2.SCAFFOLD_STAGE_PRUNED, gates=gates))
-        self._loss_breaker.trip.reset()
         self._after_structure_change()
         return events
 
@@ -355,9 +340,7 @@ class KasminaWorker:
     def _after_structure_change(self) -> None:
         """Refresh what the per-step path reads: live alphas, teaching sites, breaker trips."""
         lives = list(self._runtime.live.values())
-        self._guards = [live.guard for live in lives]
-        for live in lives:
-            live.guard.trip.reset()
+        self._arm_breakers()
         self._teacher.configure(
             [
                 TeachingSite(
@@ -369,6 +352,14 @@ class KasminaWorker:
                     warm_level=live.schedule.config.warm_level,
                 )
                 for live in lives
+            ]
+        )
+
+    def _arm_breakers(self) -> None:
+        self._breakers.arm(
+            [
+                Watch(live.module.alpha, local_tensors(list(live.module.seed.parameters())))
+                for live in self._runtime.live.values()
             ]
         )
 

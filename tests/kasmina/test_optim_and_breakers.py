@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from kasmina_testing import MLP, batch, deploy, on, result_ok, schedule, train
 
 from kasmina_worker import BreakerConfig, KasminaWorker, WorkerConfig
+from kasmina_worker.breakers import TRIP_LOSS_SPIKE, TRIP_NON_FINITE, Breakers, StepLossRing, Trip, Watch
 from kasmina_worker.optim import GROUP_KEY
 
 
@@ -115,3 +116,50 @@ def test_loss_spike_cuts_every_live_scaffold():
     assert sorted(e.scaffold_id for e in summary.events) == ["a", "b"]
     assert {e.kind for e in summary.events} == {"loss_spike"}
     assert not worker.scaffolds
+
+
+def test_non_finite_loss_cuts_every_scaffold_and_reports_its_step():
+    """An inf step loss cuts every live scaffold after its backward; the event names the step and the loss."""
+    model, optimizer, worker = _worker()
+    worker.submit(deploy("fc1", "lora", command_id="a", blueprint_params={"rank": 2}))
+    worker.submit(deploy("fc2", "dense_delta", command_id="b"))
+    worker.checkpoint(step=0)
+    train(worker, optimizer, steps=3)
+    x, y = batch(3, (8, 12), 6)
+    out = worker.model(x)
+    loss = worker.step_loss(F.mse_loss(out, y) + out.sum() * math.inf)
+    assert all(float(s.alpha) > 0 for s in worker.scaffolds.values())
+    loss.backward()
+    assert all(float(s.alpha) == 0 for s in worker.scaffolds.values())
+    optimizer.zero_grad()
+    train(worker, optimizer, steps=2, start=4)
+    summary = worker.checkpoint(step=6)
+    assert sorted((e.scaffold_id, e.kind, e.step) for e in summary.events) == [
+        ("a", "non_finite", 3),
+        ("b", "non_finite", 3),
+    ]
+    assert all(e.detail == "step loss nan" for e in summary.events)
+    assert not worker.scaffolds
+
+
+def test_breaker_records_the_first_trip_per_check_and_every_kind_seen():
+    """A spike at step 7 then a NaN loss at step 9: the loss trip has both kinds and first step 7; a
+    seed that turns non-finite at step 8 has its own trip at 8; the boundary clears them all."""
+    ring = StepLossRing(window=20, device=torch.device("cpu"))
+    breakers = Breakers(BreakerConfig(spike_factor=5.0), ring, torch.device("cpu"))
+    alpha, seed = torch.tensor(0.5), torch.ones(3)
+    healthy = torch.tensor(0.25)
+    breakers.arm([Watch(torch.tensor(0.5), [torch.ones(2)]), Watch(alpha, [seed])])
+    for step in range(7):
+        breakers.observe(torch.tensor(1.0 + 0.01 * step), step)
+    breakers.observe(torch.tensor(50.0), 7)
+    seed[1] = math.nan
+    breakers.observe(torch.tensor(1.0), 8)
+    breakers.observe(torch.tensor(math.nan), 9)
+    loss_trip, (other, guarded) = breakers.settle()
+    assert loss_trip == Trip(TRIP_LOSS_SPIKE | TRIP_NON_FINITE, 7)
+    assert other == Trip() and guarded == Trip(TRIP_NON_FINITE, 8)
+    assert float(alpha) == 0.0  # losses without a backward cut at once
+    breakers.arm([Watch(healthy, [torch.ones(2)])])
+    breakers.observe(torch.tensor(1.0), 10)
+    assert breakers.settle() == (Trip(), [Trip()]) and float(healthy) == 0.25
