@@ -70,6 +70,7 @@ class Paired:
 
     reference_s: float
     candidate_s: float
+    extra_s: float
     ratio: float
     ratio_q1: float
     ratio_q3: float
@@ -89,14 +90,16 @@ def paired(reference: Callable[[], None], candidate: Callable[[], None], rounds:
             fn()
             samples.append(time.perf_counter() - start)
     q1, median, q3 = statistics.quantiles([c / r for r, c in zip(ref, cand, strict=True)], n=4)
-    return Paired(statistics.median(ref), statistics.median(cand), median, q1, q3)
+    extra = statistics.median(c - r for r, c in zip(ref, cand, strict=True))
+    return Paired(statistics.median(ref), statistics.median(cand), extra, median, q1, q3)
 
 
 def print_pair(reference: str, candidate: str, result: Paired) -> None:
     print(f"   {reference:20s}{result.reference_s * 1e3:8.3f} ms/step")
     print(
         f"   {candidate:20s}{result.candidate_s * 1e3:8.3f} ms/step   "
-        f"ratio {result.ratio:.3f}x (interquartile {result.ratio_q1:.3f}-{result.ratio_q3:.3f})"
+        f"ratio {result.ratio:.3f}x (interquartile {result.ratio_q1:.3f}-{result.ratio_q3:.3f}), "
+        f"{result.extra_s * 1e3:+.3f} ms/step"
     )
 
 
