@@ -1,6 +1,6 @@
 """Training-step overhead of Kasmina, measured side by side on the same inputs.
 
-    python benchmarks/step_overhead.py [--width 512] [--depth 4] [--batch 256] [--rounds 400]
+    python benchmarks/step_overhead.py [--width 512] [--depth 4] [--batch 256] [--rounds 400] [--compile]
 
 Prints, timed side by side (each round runs one training step of both candidates, alternating
 which goes first, so machine drift and cache state hit both alike; ratios are the median of the
@@ -141,21 +141,24 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--compile", action="store_true", help="torch.compile every model (the worker via wrap=)")
     args = parser.parse_args()
     torch.manual_seed(0)
     x = torch.randn(args.batch, args.width)
     y = torch.randint(0, 10, (args.batch,))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     print(f"model: {args.depth} x Linear({args.width}, {args.width}) + GELU, head; batch {args.batch}; Adam")
+    wrap = torch.compile if args.compile else None
+    print("compiled: " + ("yes (torch.compile; the worker rebuilds its wrap after surgery)" if wrap else "no (eager)"))
 
     # 1. idle worker vs untouched model.
     base = make_model(args.width, args.depth)
     idle = copy.deepcopy(base)
     opt_base = torch.optim.Adam(base.parameters(), lr=1e-4)
     opt_idle = torch.optim.Adam(idle.parameters(), lr=1e-4)
-    worker_idle = KasminaWorker(idle, opt_idle, job="bench-idle")
+    worker_idle = KasminaWorker(idle, opt_idle, job="bench-idle", wrap=wrap)
     idle_step = step_fn(worker_idle.model, opt_idle, x, y, worker_idle.step_loss)
-    result = paired(step_fn(base, opt_base, x, y), idle_step, args.rounds)
+    result = paired(step_fn(wrap(base) if wrap else base, opt_base, x, y), idle_step, args.rounds)
     print("\n1. nothing deployed (target 1.00x)")
     print_pair("untouched model", "worker.model", result)
 
@@ -163,7 +166,7 @@ def main() -> None:
     scaffolded = make_model(args.width, args.depth)
     hand = copy.deepcopy(scaffolded)
     opt_s = torch.optim.Adam(scaffolded.parameters(), lr=1e-4)
-    worker = KasminaWorker(scaffolded, opt_s, job="bench")
+    worker = KasminaWorker(scaffolded, opt_s, job="bench", wrap=wrap)
     policy = command_pb2.ScaffoldPolicy(
         ttl_ckpts=101, schedule=command_pb2.AlphaSchedule(warmup_ckpts=1, hold_ckpts=0, decay_ckpts=100)
     )
@@ -184,7 +187,8 @@ def main() -> None:
     opt_h = torch.optim.Adam(hand.parameters(), lr=1e-4)
     with torch.no_grad():
         assert torch.allclose(hand(x), scaffolded(x), atol=1e-6), "hand-written reference must compute the same"
-    result = paired(step_fn(hand, opt_h, x, y), step_fn(worker.model, opt_s, x, y, worker.step_loss), args.rounds)
+    hand_step = step_fn(wrap(hand) if wrap else hand, opt_h, x, y)
+    result = paired(hand_step, step_fn(worker.model, opt_s, x, y, worker.step_loss), args.rounds)
     print(
         f"\n2. one live LoRA scaffold (rank {args.rank}, weaning, alpha {float(scaffold.alpha):.3f}) (target <= 1.03x)"
     )

@@ -290,9 +290,11 @@ class KasminaWorker:
         the same scaffolds) and prune every cut scaffold."""
         if not self._breakers.armed:
             return []
-        loss_trip, seed_trips = self._breakers.settle()
-        loss_trip, *seed_trips = reduce_trips([loss_trip, *seed_trips], self._rank)
-        loss_value = self._ring.at(self._ring.steps - (self._steps - loss_trip.first)) if loss_trip.kind else None
+        local_loss_trip, seed_trips = self._breakers.settle()
+        loss_trip, *seed_trips = reduce_trips([local_loss_trip, *seed_trips], self._rank)
+        # The tripping loss is in this rank's ring only if this rank tripped first (and not too long ago).
+        local = loss_trip.kind and local_loss_trip.first == loss_trip.first
+        loss_value = self._ring.at(self._ring.steps - (self._steps - loss_trip.first)) if local else None
         detail = f"step loss {loss_value:.6g}" if loss_value is not None else "step loss"
         events = []
         for live, seed_trip in zip(list(self._runtime.live.values()), seed_trips, strict=True):
