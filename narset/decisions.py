@@ -6,11 +6,13 @@ the answer to that very report. Every decision is stored with its inputs, thresh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from narset.decision_log import record_decision
 from narset.events import EventHub
-from narset.gates import SAFETY_FLAGS, GateJudgement
-from narset.job_policy import default_job_policy
-from narset.ledger import DEFAULT_EXTRA_CKPTS, GATES_ISSUER, MAX_EXTENSIONS, CommandLedger
+from narset.gates import GateJudgement, raised_flags
+from narset.job_policy import job_policy_of
+from narset.ledger import DEFAULT_EXTRA_CKPTS, GATES_ISSUER, IN_FLIGHT, MAX_EXTENSIONS, CommandLedger
 from narset.scaffold_gates import judge_scaffold
 from narset.stages import LIVE_STAGES
 from narset.store import Store
@@ -20,7 +22,6 @@ __all__ = ["DecisionEngine"]
 
 _O = telemetry_pb2
 BREAKER_ISSUER = "kasmina:breaker"
-_IN_FLIGHT = (command_pb2.COMMAND_STATE_PENDING, command_pb2.COMMAND_STATE_DELIVERED)
 
 
 def _can_extend(scaffold: job_pb2.Scaffold) -> bool:
@@ -76,12 +77,12 @@ class DecisionEngine:
         Call before the report's scaffold states are stored (it looks for live scaffolds reported pruned).
         """
         for report in request.scaffolds:
-            flags = [f for f in SAFETY_FLAGS if getattr(report.gates, f)]
-            scaffold = self._store.get_scaffold(job.job_id, report.scaffold_id)
-            if report.stage != _O.SCAFFOLD_STAGE_PRUNED or not flags or scaffold is None:
+            flags = raised_flags(report.gates)
+            if report.stage != _O.SCAFFOLD_STAGE_PRUNED or not flags:
                 continue
-            if scaffold.stage not in LIVE_STAGES:
-                continue  # already recorded (a retried report)
+            scaffold = self._store.get_scaffold(job.job_id, report.scaffold_id)
+            if scaffold is None or scaffold.stage not in LIVE_STAGES:
+                continue  # unknown, or already recorded (a retried report)
             reason = f"safety breaker in the job: {', '.join(flags)}"
             decision = _O.Decision(
                 decision_id=f"{scaffold.scaffold_id}.breaker.b{request.boundary}",
@@ -97,21 +98,25 @@ class DecisionEngine:
             record_decision(self._store, self._events, decision)
             self._embargo(job, scaffold.region, request.boundary)
 
-    def decide(self, job: job_pb2.Job, request: worker_service_pb2.ReportBoundaryRequest) -> list[_O.Decision]:
-        in_flight = {r.scaffold_id for r in self._store.list_commands(job.job_id, _IN_FLIGHT)}
+    def decide(
+        self,
+        job: job_pb2.Job,
+        request: worker_service_pb2.ReportBoundaryRequest,
+        scaffolds: Mapping[str, job_pb2.Scaffold],
+    ) -> list[_O.Decision]:
+        """Exit decisions for the reported scaffolds; `scaffolds` are their states as just stored."""
+        in_flight = {r.scaffold_id for r in self._store.list_commands(job.job_id, IN_FLIGHT)}
         probe_loss = request.probe_loss if request.HasField("probe_loss") else None
         decisions = []
         for report in request.scaffolds:
-            scaffold = self._store.get_scaffold(job.job_id, report.scaffold_id)
+            scaffold = scaffolds[report.scaffold_id]
             if (
-                scaffold is None
-                or scaffold.stage not in LIVE_STAGES
+                scaffold.stage not in LIVE_STAGES
                 or scaffold.stage == _O.SCAFFOLD_STAGE_PENDING
                 or scaffold.scaffold_id in in_flight
             ):
                 continue
-            flagged = any(getattr(report.gates, flag) for flag in SAFETY_FLAGS)
-            if not flagged and scaffold.stage != _O.SCAFFOLD_STAGE_EVALUATING:
+            if not raised_flags(report.gates) and scaffold.stage != _O.SCAFFOLD_STAGE_EVALUATING:
                 continue  # nothing to decide before the end of its life
             judgement = judge_scaffold(self._store, scaffold, probe_loss)
             outcome = _outcome(scaffold, judgement)
@@ -165,7 +170,7 @@ class DecisionEngine:
 
     def _embargo(self, job: job_pb2.Job, region: str, boundary: int) -> None:
         """A failed scaffold embargoes its region; each repeat failure doubles the embargo."""
-        policy = self._store.get_policy(job.job_id) or default_job_policy()
+        policy = job_policy_of(self._store, job.job_id)
         previous = {e.region: e for e in self._store.list_embargoes(job.job_id)}.get(region)
         failures = (previous.failures if previous else 0) + 1
         length = policy.embargo_ckpts * 2 ** (failures - 1)

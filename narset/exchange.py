@@ -17,8 +17,8 @@ from narset.catalogue import BUILTIN_BLUEPRINTS
 from narset.decisions import DecisionEngine
 from narset.errors import Refusal
 from narset.events import EventHub
-from narset.job_policy import default_job_policy
-from narset.ledger import check_identifier
+from narset.job_policy import default_job_policy, job_policy_of
+from narset.ledger import IN_FLIGHT, check_identifier
 from narset.stages import LIVE_STAGES
 from narset.store import Store
 from narset.tactical import TacticalPolicy
@@ -198,7 +198,7 @@ class Exchange:
             self._store.put_scaffold(scaffold)
 
     def _refresh_live_count(self, job: job_pb2.Job) -> None:
-        job.live_scaffolds = len(self._store.live_scaffolds(job.job_id))
+        job.live_scaffolds = self._store.count_live_scaffolds(job.job_id)
 
     # report -------------------------------------------------------------------------------------
 
@@ -211,8 +211,7 @@ class Exchange:
             for result in request.results:
                 self._record_result(job, result)
             self._decisions.breaker_prunes(job, request)
-            for report in request.scaffolds:
-                self._update_scaffold(job.job_id, request.boundary, report)
+            stored = {r.scaffold_id: self._update_scaffold(job.job_id, request.boundary, r) for r in request.scaffolds}
             for event in request.safety_events:
                 self._events.emit(
                     job.job_id,
@@ -228,11 +227,12 @@ class Exchange:
             job.last_seen_at.FromNanoseconds(time.time_ns())
             self._store.put_job(job)
             # Decisions made from this very report go back in its answer.
-            response.decisions.extend(self._decisions.decide(job, request))
-            deploy = self._tactical.consider(job, request)
+            response.decisions.extend(self._decisions.decide(job, request, stored))
+            policy = job_policy_of(self._store, job.job_id)
+            deploy = self._tactical.consider(job, request, policy)
             if deploy is not None:
                 response.decisions.append(deploy)
-            response.commands.extend(self._deliver(job, request.boundary))
+            response.commands.extend(self._deliver(job, request.boundary, policy))
             self._refresh_live_count(job)
             self._store.put_job(job)
             self._events.emit(
@@ -271,7 +271,8 @@ class Exchange:
             scaffold_id=record.scaffold_id,
         )
 
-    def _update_scaffold(self, job_id: str, boundary: int, report: telemetry_pb2.ScaffoldReport) -> None:
+    def _update_scaffold(self, job_id: str, boundary: int, report: telemetry_pb2.ScaffoldReport) -> job_pb2.Scaffold:
+        """Store the reported state of one scaffold (adopting one Narset did not deploy); returns it."""
         scaffold = self._store.get_scaffold(job_id, report.scaffold_id)
         if scaffold is None:
             # Deployed without Narset (local mode before attach): adopt it.
@@ -298,16 +299,18 @@ class Exchange:
             scaffold.scaffold_id,
             job_pb2.ScaffoldBoundary(boundary=boundary, stage=report.stage, alpha=report.alpha, gates=report.gates),
         )
+        return scaffold
 
-    def _deliver(self, job: job_pb2.Job, boundary: int) -> list[command_pb2.AdaptationCommand]:
+    def _deliver(
+        self, job: job_pb2.Job, boundary: int, policy: job_pb2.JobPolicy
+    ) -> list[command_pb2.AdaptationCommand]:
         """Commands due now, in ledger order, within the per-boundary fold and prune budgets.
 
         Commands delivered earlier without a result yet are sent again (the worker dedups by id).
         """
-        policy = self._store.get_policy(job.job_id) or default_job_policy()
         budget = {"fold": policy.max_folds_per_boundary, "prune": policy.max_prunes_per_boundary}
         due: list[command_pb2.AdaptationCommand] = []
-        for record in self._store.list_commands(job.job_id, (_S.COMMAND_STATE_PENDING, _S.COMMAND_STATE_DELIVERED)):
+        for record in self._store.list_commands(job.job_id, IN_FLIGHT):
             action = record.command.WhichOneof("action")
             if action in budget:
                 if budget[action] <= 0:

@@ -13,9 +13,14 @@ from dataclasses import dataclass
 
 from narset.v1 import command_pb2, telemetry_pb2
 
-__all__ = ["SAFETY_FLAGS", "GateJudgement", "judge", "residual_gain", "trend_slope"]
+__all__ = ["SAFETY_FLAGS", "GateJudgement", "judge", "raised_flags", "residual_gain", "trend_slope"]
 
 SAFETY_FLAGS = ("non_finite", "loss_spike", "isolation_leak")
+
+
+def raised_flags(gates: telemetry_pb2.GateTelemetry) -> tuple[str, ...]:
+    """The safety flags set in `gates`, in `SAFETY_FLAGS` order."""
+    return tuple(flag for flag in SAFETY_FLAGS if getattr(gates, flag))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,5 +98,4 @@ def judge(
         _verdict("G5.step_time", _get(gates, "step_time_ratio"), thresholds.step_time_ratio_max, le, hard=True),
         _verdict("G5.memory", _get(gates, "memory_fraction"), thresholds.memory_fraction_max, le, hard=True),
     )
-    flags = tuple(flag for flag in SAFETY_FLAGS if getattr(gates, flag))
-    return GateJudgement(verdicts=verdicts, flags=flags)
+    return GateJudgement(verdicts=verdicts, flags=raised_flags(gates))

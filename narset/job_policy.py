@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from narset.errors import Refusal
 from narset.v1 import job_pb2
 
-__all__ = ["default_job_policy", "validate_job_policy"]
+if TYPE_CHECKING:
+    from narset.store import Store
+
+__all__ = ["default_job_policy", "job_policy_of", "validate_job_policy"]
 
 
 def default_job_policy() -> job_pb2.JobPolicy:
@@ -19,6 +23,11 @@ def default_job_policy() -> job_pb2.JobPolicy:
         embargo_ckpts=3,
         auto=job_pb2.AutoPolicy(enabled=False, blueprint="lora", plateau_window=3, plateau_rel_delta=0.01),
     )
+
+
+def job_policy_of(store: Store, job_id: str) -> job_pb2.JobPolicy:
+    """The job's stored policy, or the defaults when it has none."""
+    return store.get_policy(job_id) or default_job_policy()
 
 
 def validate_job_policy(policy: job_pb2.JobPolicy, blueprint_names: set[str]) -> None:

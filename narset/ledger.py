@@ -15,16 +15,18 @@ from narset.catalogue import blueprint_fit_errors, region_for_module
 from narset.decision_log import record_decision
 from narset.errors import Refusal
 from narset.events import EventHub
-from narset.job_policy import default_job_policy
+from narset.job_policy import job_policy_of
 from narset.scaffold_gates import judge_scaffold
 from narset.scaffold_policy import effective_policy, policy_errors
 from narset.stages import LIVE_STAGES, stage_name
 from narset.store import Store
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 
-__all__ = ["ACTIONS", "GATES_ISSUER", "CommandLedger", "new_command_id"]
+__all__ = ["ACTIONS", "GATES_ISSUER", "IN_FLIGHT", "CommandLedger", "new_command_id"]
 
 ACTIONS = ("deploy", "fold", "prune", "persist", "rollback", "pause", "resume")
+# Commands sent or about to be sent, without a result yet.
+IN_FLIGHT = (command_pb2.COMMAND_STATE_PENDING, command_pb2.COMMAND_STATE_DELIVERED)
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 MAX_EXTENSIONS = 2
 DEFAULT_EXTRA_CKPTS = 3
@@ -133,8 +135,8 @@ class CommandLedger:
         if errors:
             raise Refusal.invalid_fields(errors)
 
-        region = self._check_region(job, deploy)
-        job_policy = self._store.get_policy(job.job_id) or default_job_policy()
+        job_policy = job_policy_of(self._store, job.job_id)
+        region = self._check_region(job, deploy, job_policy)
         self._check_embargo(job, region)
         occupant = self._store.occupying_scaffold(job.job_id, deploy.module)
         if occupant is not None:
@@ -176,7 +178,7 @@ class CommandLedger:
             ttl_ckpts=policy.ttl_ckpts,
         )
 
-    def _check_region(self, job: job_pb2.Job, deploy: command_pb2.DeployAction) -> str:
+    def _check_region(self, job: job_pb2.Job, deploy: command_pb2.DeployAction, job_policy: job_pb2.JobPolicy) -> str:
         """The deploy's region (a module outside every region is its own region), if deployable."""
         regions = {r.name: r for r in job.regions}
         if deploy.region:
@@ -193,7 +195,6 @@ class CommandLedger:
             name = region.name
         else:
             name = region_for_module(job.regions, deploy.module) or deploy.module
-        job_policy = self._store.get_policy(job.job_id) or default_job_policy()
         if (name in regions and regions[name].protected) or name in job_policy.protected_regions:
             raise Refusal.precondition("deploy.region", f"region '{name}' is protected and accepts no deploy")
         return name
@@ -227,9 +228,7 @@ class CommandLedger:
                 f"scaffold '{scaffold.scaffold_id}' is still PENDING: its deploy has not been applied yet",
             )
         if action in ("fold", "prune"):
-            for other in self._store.list_commands(
-                job.job_id, (command_pb2.COMMAND_STATE_PENDING, command_pb2.COMMAND_STATE_DELIVERED)
-            ):
+            for other in self._store.list_commands(job.job_id, IN_FLIGHT):
                 if other.scaffold_id == scaffold.scaffold_id and other.command.WhichOneof("action") in (
                     "fold",
                     "prune",

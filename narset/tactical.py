@@ -20,7 +20,6 @@ from narset.catalogue import blueprint_fit_errors, region_for_module
 from narset.decision_log import record_decision
 from narset.errors import Refusal
 from narset.events import EventHub
-from narset.job_policy import default_job_policy
 from narset.ledger import CommandLedger
 from narset.stages import LIVE_STAGES, OCCUPYING_STAGES
 from narset.store import Store
@@ -62,9 +61,8 @@ class TacticalPolicy:
         return [r.probe_loss for r in reports if r.HasField("probe_loss")], "probe loss"
 
     def consider(
-        self, job: job_pb2.Job, request: worker_service_pb2.ReportBoundaryRequest
+        self, job: job_pb2.Job, request: worker_service_pb2.ReportBoundaryRequest, policy: job_pb2.JobPolicy
     ) -> telemetry_pb2.Decision | None:
-        policy = self._store.get_policy(job.job_id) or default_job_policy()
         auto = policy.auto
         if not auto.enabled:
             return None
@@ -132,8 +130,9 @@ class TacticalPolicy:
         params = dict(policy.auto.blueprint_params)
         protected = {r.name for r in job.regions if r.protected} | set(policy.protected_regions)
         embargoed = {e.region for e in self._store.list_embargoes(job.job_id) if job.last_boundary < e.until_boundary}
-        live = self._store.live_scaffolds(job.job_id)
-        occupied = {s.module for s in self._store.list_scaffolds(job.job_id, OCCUPYING_STAGES)}
+        occupying = self._store.list_scaffolds(job.job_id, OCCUPYING_STAGES)
+        occupied = {s.module for s in occupying}
+        live = [s for s in occupying if s.stage in LIVE_STAGES]
         candidates: dict[str, str] = {}
         for module in self._store.list_modules(job.job_id):
             region = region_for_module(job.regions, module.name) or module.name

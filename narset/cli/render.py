@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from narset.gates import raised_flags
 from narset.stages import stage_name
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 
@@ -87,8 +88,7 @@ def gate_summary(gates: telemetry_pb2.GateTelemetry) -> str:
         )
         if gates.HasField(name)
     ]
-    flags = [name for name in ("non_finite", "loss_spike", "isolation_leak") if getattr(gates, name)]
-    return " ".join(parts + flags) or "unmeasured"
+    return " ".join([*parts, *raised_flags(gates)]) or "unmeasured"
 
 
 def command_row(record: command_pb2.CommandRecord) -> list[object]:

@@ -8,7 +8,7 @@ import grpc
 
 from narset.errors import Refusal
 from narset.events import EventHub
-from narset.job_policy import default_job_policy, validate_job_policy
+from narset.job_policy import job_policy_of, validate_job_policy
 from narset.ledger import CommandLedger
 from narset.server._refusals import refusals_as_status
 from narset.stages import OCCUPYING_STAGES
@@ -33,9 +33,6 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
             raise Refusal.not_found("job_id", f"no job '{job_id}'")
         return job
 
-    def _policy(self, job_id: str) -> job_pb2.JobPolicy:
-        return self._store.get_policy(job_id) or default_job_policy()
-
     @refusals_as_status
     async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
         return pb.ListJobsResponse(jobs=self._store.list_jobs())
@@ -44,7 +41,7 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
         job = self._job(request.job_id)
         return pb.GetJobResponse(
-            job=job, policy=self._policy(job.job_id), embargoes=self._store.list_embargoes(job.job_id)
+            job=job, policy=job_policy_of(self._store, job.job_id), embargoes=self._store.list_embargoes(job.job_id)
         )
 
     @refusals_as_status
@@ -103,7 +100,7 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
     @refusals_as_status
     async def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.GetPolicyResponse:
         job = self._job(request.job_id)
-        return pb.GetPolicyResponse(policy=self._policy(job.job_id))
+        return pb.GetPolicyResponse(policy=job_policy_of(self._store, job.job_id))
 
     @refusals_as_status
     async def SetPolicy(self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.SetPolicyResponse:

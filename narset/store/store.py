@@ -11,8 +11,10 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
+from google.protobuf.message import Message
 
 from narset.stages import LIVE_STAGES, OCCUPYING_STAGES
 from narset.store.migrations import MIGRATIONS
@@ -21,6 +23,8 @@ from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 __all__ = ["Store"]
 
 log = structlog.get_logger("narset.store")
+
+M = TypeVar("M", bound=Message)
 
 
 def _in(values: Iterable[int]) -> str:
@@ -90,15 +94,22 @@ class Store:
             raise
         self._db.execute("COMMIT")
 
+    def _one(self, message: type[M], query: str, params: tuple = ()) -> M | None:
+        """The message in the `body` column of the query's first row, if any."""
+        row = self._db.execute(query, params).fetchone()
+        return message.FromString(row[0]) if row else None
+
+    def _all(self, message: type[M], query: str, params: tuple = ()) -> list[M]:
+        """The messages in the `body` column of every row of the query, in its order."""
+        return [message.FromString(row[0]) for row in self._db.execute(query, params).fetchall()]
+
     # jobs ---------------------------------------------------------------------------------------
 
     def get_job(self, job_id: str) -> job_pb2.Job | None:
-        row = self._db.execute("SELECT body FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return job_pb2.Job.FromString(row[0]) if row else None
+        return self._one(job_pb2.Job, "SELECT body FROM jobs WHERE job_id = ?", (job_id,))
 
     def list_jobs(self) -> list[job_pb2.Job]:
-        rows = self._db.execute("SELECT body FROM jobs ORDER BY job_id").fetchall()
-        return [job_pb2.Job.FromString(r[0]) for r in rows]
+        return self._all(job_pb2.Job, "SELECT body FROM jobs ORDER BY job_id")
 
     def put_job(self, job: job_pb2.Job) -> None:
         self._db.execute(
@@ -116,12 +127,10 @@ class Store:
         )
 
     def list_modules(self, job_id: str) -> list[job_pb2.ModuleInfo]:
-        rows = self._db.execute("SELECT body FROM modules WHERE job_id = ? ORDER BY position", (job_id,))
-        return [job_pb2.ModuleInfo.FromString(r[0]) for r in rows.fetchall()]
+        return self._all(job_pb2.ModuleInfo, "SELECT body FROM modules WHERE job_id = ? ORDER BY position", (job_id,))
 
     def get_module(self, job_id: str, name: str) -> job_pb2.ModuleInfo | None:
-        row = self._db.execute("SELECT body FROM modules WHERE job_id = ? AND name = ?", (job_id, name)).fetchone()
-        return job_pb2.ModuleInfo.FromString(row[0]) if row else None
+        return self._one(job_pb2.ModuleInfo, "SELECT body FROM modules WHERE job_id = ? AND name = ?", (job_id, name))
 
     # blueprints ---------------------------------------------------------------------------------
 
@@ -132,18 +141,15 @@ class Store:
         )
 
     def get_blueprint(self, name: str) -> job_pb2.Blueprint | None:
-        row = self._db.execute("SELECT body FROM blueprints WHERE name = ?", (name,)).fetchone()
-        return job_pb2.Blueprint.FromString(row[0]) if row else None
+        return self._one(job_pb2.Blueprint, "SELECT body FROM blueprints WHERE name = ?", (name,))
 
     def list_blueprints(self) -> list[job_pb2.Blueprint]:
-        rows = self._db.execute("SELECT body FROM blueprints ORDER BY name").fetchall()
-        return [job_pb2.Blueprint.FromString(r[0]) for r in rows]
+        return self._all(job_pb2.Blueprint, "SELECT body FROM blueprints ORDER BY name")
 
     # commands -----------------------------------------------------------------------------------
 
     def get_command(self, command_id: str) -> command_pb2.CommandRecord | None:
-        row = self._db.execute("SELECT body FROM commands WHERE command_id = ?", (command_id,)).fetchone()
-        return command_pb2.CommandRecord.FromString(row[0]) if row else None
+        return self._one(command_pb2.CommandRecord, "SELECT body FROM commands WHERE command_id = ?", (command_id,))
 
     def put_command(self, record: command_pb2.CommandRecord) -> None:
         """Insert a new command at the end of the ledger, or update an existing one in place."""
@@ -165,8 +171,9 @@ class Store:
     def list_commands(self, job_id: str, states: Iterable[int] = ()) -> list[command_pb2.CommandRecord]:
         states = list(states)
         where = f" AND state IN {_in(states)}" if states else ""
-        rows = self._db.execute(f"SELECT body FROM commands WHERE job_id = ?{where} ORDER BY seq", (job_id,))
-        return [command_pb2.CommandRecord.FromString(r[0]) for r in rows.fetchall()]
+        return self._all(
+            command_pb2.CommandRecord, f"SELECT body FROM commands WHERE job_id = ?{where} ORDER BY seq", (job_id,)
+        )
 
     # scaffolds ----------------------------------------------------------------------------------
 
@@ -193,27 +200,31 @@ class Store:
         self._db.execute("DELETE FROM scaffolds WHERE job_id = ? AND scaffold_id = ?", (job_id, scaffold_id))
 
     def get_scaffold(self, job_id: str, scaffold_id: str) -> job_pb2.Scaffold | None:
-        row = self._db.execute(
-            "SELECT body FROM scaffolds WHERE job_id = ? AND scaffold_id = ?", (job_id, scaffold_id)
-        ).fetchone()
-        return job_pb2.Scaffold.FromString(row[0]) if row else None
+        return self._one(
+            job_pb2.Scaffold, "SELECT body FROM scaffolds WHERE job_id = ? AND scaffold_id = ?", (job_id, scaffold_id)
+        )
 
     def list_scaffolds(self, job_id: str, stages: Iterable[int] = ()) -> list[job_pb2.Scaffold]:
         stages = list(stages)
         where = f" AND stage IN {_in(stages)}" if stages else ""
-        rows = self._db.execute(f"SELECT body FROM scaffolds WHERE job_id = ?{where} ORDER BY rowid", (job_id,))
-        return [job_pb2.Scaffold.FromString(r[0]) for r in rows.fetchall()]
+        return self._all(
+            job_pb2.Scaffold, f"SELECT body FROM scaffolds WHERE job_id = ?{where} ORDER BY rowid", (job_id,)
+        )
 
     def live_scaffolds(self, job_id: str) -> list[job_pb2.Scaffold]:
         return self.list_scaffolds(job_id, LIVE_STAGES)
 
+    def count_live_scaffolds(self, job_id: str) -> int:
+        query = f"SELECT COUNT(*) FROM scaffolds WHERE job_id = ? AND stage IN {_in(LIVE_STAGES)}"
+        return self._db.execute(query, (job_id,)).fetchone()[0]
+
     def occupying_scaffold(self, job_id: str, module: str) -> job_pb2.Scaffold | None:
         """The scaffold (or permanent seed) holding `module` now, if any."""
-        row = self._db.execute(
+        return self._one(
+            job_pb2.Scaffold,
             f"SELECT body FROM scaffolds WHERE job_id = ? AND module = ? AND stage IN {_in(OCCUPYING_STAGES)}",
             (job_id, module),
-        ).fetchone()
-        return job_pb2.Scaffold.FromString(row[0]) if row else None
+        )
 
     def add_scaffold_history(self, job_id: str, scaffold_id: str, entry: job_pb2.ScaffoldBoundary) -> None:
         self._db.execute(
@@ -222,11 +233,11 @@ class Store:
         )
 
     def scaffold_history(self, job_id: str, scaffold_id: str) -> list[job_pb2.ScaffoldBoundary]:
-        rows = self._db.execute(
+        return self._all(
+            job_pb2.ScaffoldBoundary,
             "SELECT body FROM scaffold_history WHERE job_id = ? AND scaffold_id = ? ORDER BY boundary",
             (job_id, scaffold_id),
         )
-        return [job_pb2.ScaffoldBoundary.FromString(r[0]) for r in rows.fetchall()]
 
     # reports ------------------------------------------------------------------------------------
 
@@ -253,14 +264,14 @@ class Store:
         )
 
     def list_decisions(self, job_id: str) -> list[telemetry_pb2.Decision]:
-        rows = self._db.execute("SELECT body FROM decisions WHERE job_id = ? ORDER BY boundary, rowid", (job_id,))
-        return [telemetry_pb2.Decision.FromString(r[0]) for r in rows.fetchall()]
+        return self._all(
+            telemetry_pb2.Decision, "SELECT body FROM decisions WHERE job_id = ? ORDER BY boundary, rowid", (job_id,)
+        )
 
     # policies and embargoes ---------------------------------------------------------------------
 
     def get_policy(self, job_id: str) -> job_pb2.JobPolicy | None:
-        row = self._db.execute("SELECT body FROM policies WHERE job_id = ?", (job_id,)).fetchone()
-        return job_pb2.JobPolicy.FromString(row[0]) if row else None
+        return self._one(job_pb2.JobPolicy, "SELECT body FROM policies WHERE job_id = ?", (job_id,))
 
     def put_policy(self, job_id: str, policy: job_pb2.JobPolicy) -> None:
         self._db.execute(
