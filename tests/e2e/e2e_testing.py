@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["JOB_SCRIPT", "TrainingJob", "cli_json", "narset_cli"]
+__all__ = ["JOB_SCRIPT", "TrainingJob", "cli_deploy", "cli_json", "narset_cli"]
 
 JOB_SCRIPT = Path(__file__).with_name("train_job.py")
 
@@ -18,7 +18,6 @@ class TrainingJob:
 
     def __init__(self, narset: str, job: str, ckpt: Path, *extra: str) -> None:
         argv = [sys.executable, str(JOB_SCRIPT), "--narset", narset, "--job", job, "--ckpt", str(ckpt), *extra]
-        self.ckpt = ckpt
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -54,6 +53,13 @@ def narset_cli(address: str, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "narset", *argv, "--server", address], capture_output=True, text=True, timeout=60
     )
+
+
+def cli_deploy(address: str, job: str, module: str, blueprint: str, *flags: str) -> subprocess.CompletedProcess:
+    """`narset deploy JOB --module MODULE --blueprint BLUEPRINT FLAGS`, which must succeed."""
+    done = narset_cli(address, "deploy", job, "--module", module, "--blueprint", blueprint, *flags)
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 def cli_json(address: str, *argv: str) -> dict:

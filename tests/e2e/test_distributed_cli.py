@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_testing import cli_json, narset_cli
+from e2e_testing import cli_deploy, cli_json, narset_cli
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +48,7 @@ def test_two_rank_job_applies_cli_deploy_and_fold_once_on_both_ranks(narset_serv
         assert attached[0]["world_size"] == 2
         # A long life: the gates must not decide an exit before the operator's fold arrives.
         long_life = ["--warmup", "1", "--hold", "500", "--ttl", "501"]
-        deploy = narset_cli(
-            address, "deploy", "dist", "--module", "fc2", "--blueprint", "lora", "--id", "d1", *long_life
-        )
-        assert deploy.returncode == 0, deploy.stderr
+        cli_deploy(address, "dist", "fc2", "lora", "--id", "d1", *long_life)
 
         def applied(command_id: str) -> bool:
             commands = cli_json(address, "commands", "dist")["commands"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from e2e_testing import TrainingJob, cli_json, narset_cli
+from e2e_testing import TrainingJob, cli_deploy, cli_json
 
 from narset.launch import ServeProcess
 
@@ -42,10 +42,7 @@ def test_narset_killed_then_restarted_job_keeps_training_and_applies_once(tmp_pa
             assert down["elapsed_s"] < 1.0 + 0.5 + 3.0, down  # the timeout and margin, plus the boundary's own work
             job.order("next")
         server = ServeProcess(db, address=server.address)
-        deploy = narset_cli(
-            server.address, "deploy", "resilient", "--module", "fc2", "--blueprint", "lora", "--id", "dep-1"
-        )
-        assert deploy.returncode == 0, deploy.stderr
+        deploy = cli_deploy(server.address, "resilient", "fc2", "lora", "--id", "dep-1")
         assert "PENDING" in deploy.stdout
         applications, applied_at = [], None
         for _ in range(20):  # until the job has re-attached and the command arrived, then 2 more boundaries
@@ -77,8 +74,7 @@ def run_to_end(job: TrainingJob, last: int, address: str, deploy_before: int) ->
         seen.append(summary)
         k = summary["boundary"]
         if k + 1 == deploy_before:
-            deploy = narset_cli(address, "deploy", "again", "--module", "fc1", "--blueprint", "lora", "--id", "dep-1")
-            assert deploy.returncode == 0, deploy.stderr
+            cli_deploy(address, "again", "fc1", "lora", "--id", "dep-1")
         if k == last:
             assert job.stop() == 0
             return seen
@@ -99,10 +95,7 @@ def test_job_killed_before_saving_resumes_with_the_command_applied_once(tmp_path
     try:
         crashing = TrainingJob(server.address, "again", tmp_path / "crash.pt")
         assert crashing.boundary()["boundary"] == 1
-        deploy = narset_cli(
-            server.address, "deploy", "again", "--module", "fc1", "--blueprint", "lora", "--id", "dep-1"
-        )
-        assert deploy.returncode == 0
+        cli_deploy(server.address, "again", "fc1", "lora", "--id", "dep-1")
         crashing.order("save")
         applied = crashing.boundary()
         assert applied["boundary"] == 2 and applied["applied"] == ["dep-1"]

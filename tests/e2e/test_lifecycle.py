@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from e2e_testing import TrainingJob, cli_json, narset_cli
+from e2e_testing import TrainingJob, cli_deploy, cli_json, narset_cli
 
 pytestmark = pytest.mark.slow
 
 # Lenient on the noisy measures of a 2-core shared machine (step time) and on G2, which these short
 # runs cannot earn; the thresholds are per deploy, and the tests check the mechanics they drive.
 LENIENT = ["--gamma", "-1", "--step-time-max", "100"]
-
-
-def deploy(address: str, module: str, blueprint: str, command_id: str, *flags: str) -> None:
-    done = narset_cli(
-        address, "deploy", "run-7", "--module", module, "--blueprint", blueprint, "--id", command_id, *flags
-    )
-    assert done.returncode == 0, done.stderr
 
 
 def run_until(job: TrainingJob, done, limit: int = 40) -> list[dict]:
@@ -44,7 +37,7 @@ def test_cli_deploy_runs_schedule_and_fuses_with_parity(narset_server, job):
     at TTL Narset fuses; the host alone reproduces the scaffolded output and the scaffold is gone."""
     address = narset_server.address
     schedule = ["--warmup", "2", "--hold", "3", "--ttl", "5"]
-    deploy(address, "fc2", "lora", "dep-1", "--param", "rank=4", *schedule, *LENIENT)
+    cli_deploy(address, "run-7", "fc2", "lora", "--id", "dep-1", "--param", "rank=4", *schedule, *LENIENT)
     job.order("next")
     seen = run_until(job, lambda s: any(x["stage"] == "SCAFFOLD_STAGE_FUSED" for x in s["scaffolds"]))
     assert seen[0]["results"][0]["id"] == "dep-1" and seen[0]["module_types"]["fc2"] == "Scaffold"
@@ -74,8 +67,7 @@ def test_cli_deploy_runs_schedule_and_fuses_with_parity(narset_server, job):
 def test_harmful_scaffold_is_pruned_and_region_embargoed(narset_server, job):
     """A noise-injecting scaffold is pruned by the gates; its region refuses deploys until the embargo ends."""
     address = narset_server.address
-    deploy = narset_cli(address, "deploy", "run-7", "--module", "fc1", "--blueprint", "noisy", "--id", "bad")
-    assert deploy.returncode == 0, deploy.stderr
+    cli_deploy(address, "run-7", "fc1", "noisy", "--id", "bad")
     job.order("next")
     seen = run_until(job, lambda s: any(x["stage"] == "SCAFFOLD_STAGE_PRUNED" for x in s["scaffolds"]))
     assert seen[-1]["module_types"]["fc1"] == "Linear"
@@ -93,8 +85,7 @@ def test_harmful_scaffold_is_pruned_and_region_embargoed(narset_server, job):
         )
         job.order("next")
         boundary = job.boundary()["boundary"]
-    accepted = narset_cli(address, "deploy", "run-7", "--module", "fc2", "--blueprint", "lora")
-    assert accepted.returncode == 0, accepted.stderr
+    cli_deploy(address, "run-7", "fc2", "lora")
     assert job.stop() == 0
 
 
@@ -102,7 +93,8 @@ def test_soft_failure_persists_twice_then_decides(narset_server, job):
     """A soft gate failing while G2 shows benefit extends the TTL by 3, at most twice, never past 2x TTL."""
     address = narset_server.address
     # G1 can never pass (epsilon -1): a soft failure, while G2 passes (gamma -1).
-    deploy(address, "fc2", "lora", "keep", "--warmup", "1", "--hold", "5", "--ttl", "6", "--epsilon", "-1", *LENIENT)
+    schedule = ["--warmup", "1", "--hold", "5", "--ttl", "6", "--epsilon", "-1"]
+    cli_deploy(address, "run-7", "fc2", "lora", "--id", "keep", *schedule, *LENIENT)
     job.order("next")
     seen = run_until(job, lambda s: any(x["stage"] == "SCAFFOLD_STAGE_PRUNED" for x in s["scaffolds"]))
     decisions = cli_json(address, "decisions", "run-7")["decisions"]

@@ -103,12 +103,6 @@ def test_isolated_host_gets_no_gradient_and_seed_does(blueprint, params, d_in, h
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in scaffold.host.parameters())
 
 
-def _reference_grads(host: nn.Linear, rest: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-    host.zero_grad()
-    F.mse_loss(rest(host(x)), y).backward()
-    return [p.grad.clone() for p in host.parameters()]
-
-
 @pytest.mark.parametrize("blueprint", ["lora", "dense_delta", "residual_mlp"])
 def test_weaning_host_gets_exactly_one_minus_alpha_of_site_gradient(blueprint):
     """During decay the host's parameters get exactly (1 - alpha) of the site gradient, as autograd on a reference."""

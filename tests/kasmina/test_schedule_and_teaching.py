@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -89,14 +90,8 @@ def test_permanent_growth_ramps_to_one_and_stays():
 )
 def test_schedule_config_validation_names_the_bad_value(overrides, message):
     """Invalid schedule configs are refused with a message naming the field and value."""
-    with pytest.raises(ValueError, match=re_escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)):
         _config(**overrides)
-
-
-def re_escape(text: str) -> str:
-    import re
-
-    return re.escape(text)
 
 
 def test_kd_loss_matches_its_formula():

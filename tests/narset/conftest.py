@@ -8,11 +8,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from narset_testing import ServerThread
+from narset_testing import ServerThread, attach_request
 
 from narset.client import NarsetClient
 from narset.logs import configure_logging
-from narset.v1 import worker_service_pb2_grpc
+from narset.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 # Server logs go to stderr, as in `narset serve`, so stdout holds only what the CLI prints.
 configure_logging("info", "console")
@@ -41,3 +41,9 @@ def worker_stub(server: ServerThread) -> Iterator[worker_service_pb2_grpc.Worker
     channel = grpc.insecure_channel(server.address)
     yield worker_service_pb2_grpc.WorkerServiceStub(channel)
     channel.close()
+
+
+@pytest.fixture
+def attached(worker_stub: worker_service_pb2_grpc.WorkerServiceStub) -> worker_service_pb2.AttachResponse:
+    """Job run-7 attached with the standard registration."""
+    return worker_stub.Attach(attach_request("run-7"))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from narset.server import NarsetServer
 from narset.settings import ServerSettings
-from narset.v1 import job_pb2, worker_service_pb2
+from narset.v1 import command_pb2, job_pb2, worker_service_pb2
 
-__all__ = ["MODULES", "REGIONS", "ServerThread", "attach_request", "linear"]
+__all__ = ["MODULES", "REGIONS", "ServerThread", "attach_request", "deploy", "linear"]
 
 
 class ServerThread:
@@ -85,3 +85,20 @@ def attach_request(job_id: str = "run-7", **fields: object) -> worker_service_pb
         else:
             setattr(request, name, value)
     return request
+
+
+def deploy(
+    module: str, blueprint: str = "lora", job: str = "run-7", command_id: str = "", **fields
+) -> command_pb2.AdaptationCommand:
+    """A deploy command; `params` fills blueprint_params, `policy` is copied, other fields are set."""
+    command = command_pb2.AdaptationCommand(job_id=job, command_id=command_id)
+    command.deploy.module = module
+    command.deploy.blueprint = blueprint
+    for name, value in fields.items():
+        if name == "params":
+            command.deploy.blueprint_params.update(value)
+        elif name == "policy":
+            command.deploy.policy.CopyFrom(value)
+        else:
+            setattr(command.deploy, name, value)
+    return command

@@ -6,7 +6,7 @@ import json
 
 import grpc
 import pytest
-from narset_testing import attach_request
+from narset_testing import attach_request, deploy
 
 from narset.cli import main
 from narset.client import NarsetError
@@ -68,10 +68,8 @@ class Job:
         ]
         return response
 
-    def deploy(self, module: str = "encoder.fc1", command_id: str = "sc") -> None:
-        command = command_pb2.AdaptationCommand(command_id=command_id, job_id=self.job_id)
-        command.deploy.module, command.deploy.blueprint = module, "lora"
-        self.client.submit(command)
+    def deploy(self, module: str = "encoder.fc1", command_id: str = "sc", **fields) -> None:
+        self.client.submit(deploy(module, job=self.job_id, command_id=command_id, **fields))
 
 
 def live(stage, telemetry=PASSING, age: int = 3, ttl: int = 12, extensions: int = 0, scaffold_id: str = "sc"):
@@ -124,7 +122,7 @@ def test_loss_signal():
     assert loss_signal([1.0, 1.05, 1.1], 0.01) == "instability"
 
 
-def test_all_gates_pass_at_ttl_fuses(server, job, client, capsys):
+def test_all_gates_pass_at_ttl_fuses(server, job, capsys):
     """At EVALUATING with every gate passing, the answer to that very report carries a gates-issued fold."""
     deployed(job)
     job.report(0.8, [live(S.SCAFFOLD_STAGE_HOLD, age=1)])
@@ -144,10 +142,7 @@ def test_prefer_prune_prunes_without_embargo(job, client):
     """With exit policy prefer_prune, passing gates lead to PRUNE, which is not a failure (no embargo)."""
     for loss in (1.0, 0.95):
         job.report(loss)
-    command = command_pb2.AdaptationCommand(command_id="sc", job_id="run-7")
-    command.deploy.module, command.deploy.blueprint = "encoder.fc1", "lora"
-    command.deploy.policy.exit_policy = command_pb2.EXIT_POLICY_PREFER_PRUNE
-    client.submit(command)
+    job.deploy(policy=command_pb2.ScaffoldPolicy(exit_policy=command_pb2.EXIT_POLICY_PREFER_PRUNE))
     job.report(0.9)
     [decision] = job.report(0.7, [live(S.SCAFFOLD_STAGE_EVALUATING, age=1)]).decisions
     assert decision.outcome == S.DECISION_OUTCOME_PRUNE
@@ -242,7 +237,7 @@ def test_hand_fold_against_failing_gate_needs_force(server, job, client, capsys)
     assert record.forced
 
 
-def test_auto_policy_deploys_at_plateau_where_updates_stalled(server, job, client, capsys):
+def test_auto_policy_deploys_at_plateau_where_updates_stalled(server, job, capsys):
     """With --auto on, a plateau leads to a policy deploy in the region with the lowest update ratio."""
     assert main(["policy", "run-7", "--auto", "on", "--set", "auto.plateau_window=3", "--server", server.address]) == 0
     signals = [
@@ -289,7 +284,7 @@ def test_breaker_prune_in_the_job_embargoes_region(job, client):
     assert embargo.region == "encoder" and embargo.failures == 1
 
 
-def test_auto_policy_uses_a_module_outside_every_region(server, job, client):
+def test_auto_policy_uses_a_module_outside_every_region(job, client):
     """With the named regions protected, the policy deploys on a module that is its own implicit region."""
     policy = client.get_policy("run-7")
     policy.auto.enabled = True
@@ -303,14 +298,11 @@ def test_auto_policy_uses_a_module_outside_every_region(server, job, client):
     assert (scaffold.module, scaffold.region) == ("h.0.attn.c_attn", "h.0.attn.c_attn")
 
 
-def test_persist_if_wins_extends_while_extensions_remain(job, client):
+def test_persist_if_wins_extends_while_extensions_remain(job):
     """Exit policy persist_if_wins: passing gates persist the scaffold until extensions run out, then fuse."""
     for loss in (1.0, 1.0):
         job.report(loss)
-    command = command_pb2.AdaptationCommand(command_id="sc", job_id="run-7")
-    command.deploy.module, command.deploy.blueprint = "encoder.fc1", "lora"
-    command.deploy.policy.exit_policy = command_pb2.EXIT_POLICY_PERSIST_IF_WINS
-    client.submit(command)
+    job.deploy(policy=command_pb2.ScaffoldPolicy(exit_policy=command_pb2.EXIT_POLICY_PERSIST_IF_WINS))
     job.report(1.0)
     job.report(0.8, [live(S.SCAFFOLD_STAGE_HOLD, age=1)])
     outcomes = []

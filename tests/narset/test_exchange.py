@@ -6,7 +6,7 @@ import threading
 
 import grpc
 import pytest
-from narset_testing import attach_request
+from narset_testing import attach_request, deploy
 
 from narset.cli import main
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
@@ -36,16 +36,8 @@ def scaffold_report(stage, alpha: float, age: int) -> telemetry_pb2.ScaffoldRepo
     )
 
 
-@pytest.fixture
-def attached(worker_stub):
-    return worker_stub.Attach(attach_request("run-7"))
-
-
 def submit_deploy(client, command_id: str = "dep-1", module: str = "encoder.fc1"):
-    command = command_pb2.AdaptationCommand(command_id=command_id, job_id="run-7")
-    command.deploy.module = module
-    command.deploy.blueprint = "lora"
-    return client.submit(command).record
+    return client.submit(deploy(module, command_id=command_id)).record
 
 
 def test_pending_command_is_delivered_exactly_once(server, client, worker_stub, attached, capsys):

@@ -8,7 +8,7 @@ import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from narset_testing import attach_request
+from narset_testing import attach_request, deploy
 
 from narset.client import NarsetClient
 from narset.launch import ServeProcess
@@ -23,10 +23,7 @@ def test_acknowledged_command_survives_kill_9(tmp_path):
         with grpc.insecure_channel(first.address) as channel:
             attached = worker_service_pb2_grpc.WorkerServiceStub(channel).Attach(attach_request("run-7"))
             with NarsetClient(first.address) as client:
-                command = command_pb2.AdaptationCommand(command_id="dep-1", job_id="run-7")
-                command.deploy.module = "encoder.fc1"
-                command.deploy.blueprint = "lora"
-                client.submit(command)
+                client.submit(deploy("encoder.fc1", command_id="dep-1"))
                 worker_service_pb2_grpc.WorkerServiceStub(channel).ReportBoundary(
                     worker_service_pb2.ReportBoundaryRequest(
                         job_id="run-7", session_id=attached.session_id, boundary=1, step=10

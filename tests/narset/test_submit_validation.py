@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from narset_testing import attach_request
+from narset_testing import deploy
 
 from narset.cli import main
 from narset.client import NarsetError
 from narset.store import Store
 from narset.v1 import command_pb2, job_pb2, worker_service_pb2
-
-
-def deploy(
-    module: str, blueprint: str = "lora", job: str = "run-7", command_id: str = "", **fields
-) -> command_pb2.AdaptationCommand:
-    command = command_pb2.AdaptationCommand(job_id=job, command_id=command_id)
-    command.deploy.module = module
-    command.deploy.blueprint = blueprint
-    for name, value in fields.items():
-        if name == "params":
-            command.deploy.blueprint_params.update(value)
-        elif name == "policy":
-            command.deploy.policy.CopyFrom(value)
-        else:
-            setattr(command.deploy, name, value)
-    return command
 
 
 def ledger_snapshot(client, job: str = "run-7") -> tuple:
@@ -34,11 +18,6 @@ def ledger_snapshot(client, job: str = "run-7") -> tuple:
         [s.SerializeToString() for s in client.list_scaffolds(job, include_ended=True)],
         [e.sequence for e in client.watch(job, follow=False)],
     )
-
-
-@pytest.fixture
-def attached(worker_stub) -> worker_service_pb2.AttachResponse:
-    return worker_stub.Attach(attach_request("run-7"))
 
 
 def policy(**fields) -> command_pb2.ScaffoldPolicy:
