@@ -47,7 +47,7 @@ class CommandApplier:
         runtime: ScaffoldRuntime,
         job: str,
         regions: Sequence[job_pb2.Region],
-        on_exit: Callable[[LiveScaffold, int, str], None],
+        on_exit: Callable[[LiveScaffold, int], None],
         site_inputs: Callable[[str], list[torch.Tensor]],
     ) -> None:
         self.runtime = runtime
@@ -95,7 +95,7 @@ class CommandApplier:
         if action == "prune":
             if body.immediate:
                 with_alpha = float(live.module.alpha)
-                self._exit_now(live, EXIT_PRUNE, command.command_id, boundary)
+                self._exit_now(live, EXIT_PRUNE, boundary)
                 return live.scaffold_id, f"pruned at once at alpha {with_alpha:.6g} (safety cut)"
             return live.scaffold_id, self._start_exit(live, EXIT_PRUNE, command.command_id, boundary)
         if action == "persist":
@@ -213,7 +213,7 @@ class CommandApplier:
         target = exact_alpha(kind, fold_kind)
         alpha = float(live.module.alpha)
         if target is None or alpha == target:
-            self._exit_now(live, kind, command_id, boundary)
+            self._exit_now(live, kind, boundary)
             parity = self.fold_parity.get(live.scaffold_id)
             measured = "" if parity is None else f", site parity rel err {parity:.3g}"
             return f"{kind} at alpha {alpha:.6g}{measured}"
@@ -222,11 +222,11 @@ class CommandApplier:
         self.runtime.apply_schedule(live)
         log.info("scaffold_sunset", job=self.job, scaffold_id=live.scaffold_id, exit=kind, target=target)
         if live.schedule.sunset_arrived():
-            self._exit_now(live, kind, command_id, boundary)
+            self._exit_now(live, kind, boundary)
             return f"{kind} after a one-boundary sunset to alpha {target:g}"
         return f"sunset to alpha {target:g} over {live.schedule.state.sunset_steps} boundaries, then {kind}"
 
-    def _exit_now(self, live: LiveScaffold, kind: str, command_id: str, boundary: int) -> None:
+    def _exit_now(self, live: LiveScaffold, kind: str, boundary: int) -> None:
         if kind == EXIT_FOLD:
             inputs = self.site_inputs(live.plan.module_name)
             with torch.no_grad():
@@ -246,14 +246,14 @@ class CommandApplier:
         else:
             self.runtime.prune(live)
             stage = telemetry_pb2.SCAFFOLD_STAGE_PRUNED
-        self.on_exit(live, stage, command_id)
+        self.on_exit(live, stage)
 
     def finish_sunset(self, live: LiveScaffold, boundary: int) -> telemetry_pb2.CommandResult | None:
         """Take a pending exit whose sunset has arrived; a failed fold becomes a prune."""
         try:
-            self._exit_now(live, live.exit, live.exit_command, boundary)
+            self._exit_now(live, live.exit, boundary)
         except Rejected as refusal:
-            self._exit_now(live, EXIT_PRUNE, live.exit_command, boundary)
+            self._exit_now(live, EXIT_PRUNE, boundary)
             return telemetry_pb2.CommandResult(
                 command_id=live.exit_command,
                 outcome=telemetry_pb2.COMMAND_OUTCOME_APPLIED,

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from kasmina_worker.distributed import rank_info
 from kasmina_worker.worker import KasminaWorker
 
 __all__ = ["MANIFEST", "load", "save"]
@@ -29,16 +30,12 @@ log = structlog.get_logger("kasmina")
 MANIFEST = "kasmina_worker.pt"
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def save(path: str | Path, worker: KasminaWorker, optimizer: torch.optim.Optimizer) -> None:
     """Save model, optimiser and worker state at a boundary (call right after `checkpoint`)."""
     path = Path(path)
     model_sd, optim_sd = get_state_dict(worker._root, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
-    if _rank() == 0:
+    if rank_info().rank == 0:
         torch.save(worker.state_dict(), path / MANIFEST)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -7,8 +7,8 @@ Every rank calls `checkpoint` at the same boundary (DESIGN.md section 3). Here:
 * `reduce_trips`: the on-device breaker records are OR-ed (kind bits) and MIN-ed (first step)
   across ranks before the boundary prunes anything; a loss spike seen on one rank's micro-batch
   must prune the scaffold on every rank, or the module trees would diverge.
-* `mean_scalar`: probe measurements run on all ranks in lockstep and are averaged, so rank 0
-  reports the global value.
+* `reduce_measures`: probe measurements run on all ranks in lockstep and are gathered, so rank 0
+  reports the global probe loss and gate telemetry.
 * `check_agreement`: every rank's module-tree digest and applied-command digest are gathered and
   compared; a disagreement raises `RankDisagreement` naming the ranks and the first differences,
   on every rank at once (never a hang, never silent divergence).
@@ -36,7 +36,6 @@ __all__ = [
     "RankInfo",
     "broadcast_commands",
     "check_agreement",
-    "mean_scalar",
     "rank_info",
     "reduce_measures",
     "reduce_trips",
@@ -133,15 +132,6 @@ def reduce_trips(trips: Sequence[Trip], info: RankInfo) -> list[Trip]:
         Trip(non_finite | spike << 1, -1 if -negated_first == never else -negated_first)
         for non_finite, spike, negated_first in packed.tolist()
     ]
-
-
-def mean_scalar(value: float | None, info: RankInfo) -> float | None:
-    """The mean of `value` over the ranks (None stays None; it must be None on every rank or none)."""
-    if value is None or not info.distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=_device(info))
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=info.group)
-    return float(tensor) / info.world_size
 
 
 def tree_entries(root: nn.Module, with_values: bool = False) -> list[str]:

@@ -104,12 +104,7 @@ def fold_router(module_name: str, host: nn.Module, seed: nn.Module) -> tuple[dic
     for param in seed.expert.parameters():
         _check_finite(module_name, param.detach())
     saved = {f"router.{name}": p.detach().clone() for name, p in router.named_parameters(recurse=False)}
-    swaps = []
-    for name, value in grown.items():
-        old = getattr(router, name)
-        new = nn.Parameter(value.clone(), requires_grad=old.requires_grad)
-        setattr(router, name, new)
-        swaps.append(ParamSwap(old, new))
+    swaps = [_swap_param(router, name, value) for name, value in grown.items()]
     router.out_features += 1
     host.experts.append(seed.expert)
     return saved, swaps
@@ -120,14 +115,15 @@ def unfold_router(host: nn.Module, saved: dict[str, torch.Tensor]) -> tuple[nn.M
     router = host.router
     expert = host.experts[-1]
     del host.experts[-1]
-    swaps = []
-    for name in ("weight", "bias"):
-        key = f"router.{name}"
-        if key not in saved:
-            continue
-        old = getattr(router, name)
-        new = nn.Parameter(saved[key].clone().to(old.device), requires_grad=old.requires_grad)
-        setattr(router, name, new)
-        swaps.append(ParamSwap(old, new))
+    names = [name for name in ("weight", "bias") if f"router.{name}" in saved]
+    swaps = [_swap_param(router, name, saved[f"router.{name}"]) for name in names]
     router.out_features -= 1
     return expert, swaps
+
+
+def _swap_param(module: nn.Module, name: str, value: torch.Tensor) -> ParamSwap:
+    """Replace `module.name` by a new parameter holding a copy of `value` (same device and requires_grad)."""
+    old = getattr(module, name)
+    new = nn.Parameter(value.clone().to(old.device), requires_grad=old.requires_grad)
+    setattr(module, name, new)
+    return ParamSwap(old, new)

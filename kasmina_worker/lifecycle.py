@@ -6,7 +6,7 @@ router folds; every method runs at a boundary, may synchronise, and logs one eve
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 import torch
@@ -56,7 +56,6 @@ class LiveScaffold:
     host_requires_grad: dict[str, bool]
     exit: str = ""
     exit_command: str = ""
-    trips: list[str] = field(default_factory=list)
 
     @property
     def scaffold_id(self) -> str:
@@ -128,11 +127,15 @@ class ScaffoldRuntime:
     def by_module(self, module_name: str) -> LiveScaffold | None:
         return next((s for s in self.live.values() if s.plan.module_name == module_name), None)
 
-    def deploy(self, plan: DeployPlan, boundary: int) -> LiveScaffold:
-        """Build the seed, put the scaffold in the host's place, join the optimiser."""
+    def _build_seed(self, plan: DeployPlan) -> nn.Module:
+        """The plan's seed for its host, initialised from the job and scaffold id (so a rebuild matches)."""
         host = self.root.get_submodule(plan.module_name)
         ctx = BuildContext(host=host, info=module_info(plan.module_name, host), params=plan.params)
-        seed = plan.spec.build(ctx, init_seed=f"{self.job}/{plan.scaffold_id}")
+        return plan.spec.build(ctx, init_seed=f"{self.job}/{plan.scaffold_id}")
+
+    def deploy(self, plan: DeployPlan, boundary: int) -> LiveScaffold:
+        """Build the seed, put the scaffold in the host's place, join the optimiser."""
+        seed = self._build_seed(plan)
         schedule = AlphaSchedule(ScheduleConfig.from_policy(plan.policy, plan.as_scaffold))
         live = self._place(plan, seed, schedule, boundary, self.ring.steps)
         optim.add_seed_group(self.optimizer, plan.scaffold_id, seed, plan.learning_rate)
@@ -238,12 +241,10 @@ class ScaffoldRuntime:
     def restore(self, entry: dict, seed_state: dict | None, optimizer_state: dict | None) -> LiveScaffold:
         """Rebuild a scaffold from its manifest entry (tensors from `seed_state` when given)."""
         plan = plan_from_manifest(entry)
-        host = self.root.get_submodule(plan.module_name)
-        ctx = BuildContext(host=host, info=module_info(plan.module_name, host), params=plan.params)
-        seed = plan.spec.build(ctx, init_seed=f"{self.job}/{plan.scaffold_id}")
+        seed = self._build_seed(plan)
         if seed_state is not None:
             seed.load_state_dict(seed_state)
-        for name, param in host.named_parameters():
+        for name, param in self.root.get_submodule(plan.module_name).named_parameters():
             param.requires_grad_(entry["host_requires_grad"].get(name, True))
         schedule = AlphaSchedule.from_dict(entry["schedule"])
         live = self._place(plan, seed, schedule, entry["deployed_boundary"], entry["start_step"])

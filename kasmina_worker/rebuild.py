@@ -196,10 +196,8 @@ class Rebuilder:
         self.rewrap()
         return True
 
-    def rewrap(self) -> nn.Module:
-        """Unwrap if needed, then `wrap(root)` again; counts a rebuild."""
-        if self.wrap is None:
-            return self.root
+    def rewrap(self) -> None:
+        """Unwrap if needed, then `wrap(root)` again; counts a rebuild (only with a `wrap`)."""
         self.unwrap()
         reset = self._compiled
         if reset:
@@ -207,7 +205,6 @@ class Rebuilder:
         self._wrap()
         self.rebuilds += 1
         log.info("model_rebuilt", job=self.job, rebuilds=self.rebuilds, compile_reset=reset)
-        return self.model
 
     def _wrap(self) -> None:
         before = dict(self.root.named_parameters())

@@ -8,10 +8,10 @@ import socket
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from kasmina_worker.blueprints import blueprint_names, get_blueprint
+from kasmina_worker.distributed import rank_info
 from kasmina_worker.hosts import module_info
 from kasmina_worker.scaffold import Scaffold
 from narset import __version__
@@ -40,8 +40,8 @@ def host_modules(root: nn.Module) -> list[job_pb2.ModuleInfo]:
 
 def _ranks() -> tuple[int, list[job_pb2.RankInfo]]:
     """World size and this process's rank (rank 0 attaches for the job)."""
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    rank = dist.get_rank() if world > 1 else 0
+    info = rank_info()
+    world, rank = info.world_size, info.rank
     device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
     return world, [job_pb2.RankInfo(rank=rank, hostname=socket.gethostname(), pid=os.getpid(), device=device)]
 

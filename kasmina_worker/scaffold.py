@@ -53,12 +53,10 @@ class _Blend(torch.autograd.Function):
 
 @dataclass(frozen=True, slots=True)
 class SiteTensors:
-    """What one forward computed at a scaffold site: input, host output, seed output, blend."""
+    """What one forward computed at a scaffold site, for the teaching terms: host and seed outputs."""
 
-    x: torch.Tensor
     host_out: torch.Tensor
     seed_out: torch.Tensor
-    output: torch.Tensor
 
 
 class Scaffold(nn.Module):
@@ -83,7 +81,7 @@ class Scaffold(nn.Module):
         # and lerp rounds the weight to the blend's dtype exactly as a cast would (the fold uses it).
         y = _Blend.apply(h, s, self.alpha, self.isolation)
         if self.record_site:
-            self.site = SiteTensors(x, h, s, y)
+            self.site = SiteTensors(h, s)
         return y
 
     def extra_repr(self) -> str:

@@ -48,8 +48,6 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.T
 class TeachingSite:
     """One live scaffold as teaching sees it for an interval (fixed at a boundary)."""
 
-    scaffold_id: str
-    module_name: str
     module: Scaffold
     teaching: command_pb2.TeachingLosses
     stage: int
@@ -77,6 +75,10 @@ class Teacher:
         self.root = root
         self.probe_losses = tuple(probe_losses)
         self.sites: list[TeachingSite] = []
+        # Fixed at `configure`, so the per-step `terms` reads no policy fields.
+        self._with_site_terms: list[TeachingSite] = []
+        self._with_tap_terms: list[TeachingSite] = []
+        self._tap_modules: list[str] = []
         self._hooks: list = []
         self._inputs: tuple[tuple, dict] | None = None
         self._taps: dict[str, torch.Tensor] = {}
@@ -90,16 +92,16 @@ class Teacher:
         self._remove_hooks()
         self._inputs, self._taps = None, {}
         self.sites = [s for s in sites if s.site_terms or s.tap_terms]
+        self._with_site_terms = [s for s in self.sites if s.site_terms]
+        self._with_tap_terms = [s for s in self.sites if s.tap_terms]
+        self._tap_modules = sorted({name for s in self._with_tap_terms for name in _tap_names(s.teaching)})
         for site in sites:
             site.module.record_site = site.site_terms
             site.module.site = None
         self._install_hooks()
 
-    def _tap_names(self) -> list[str]:
-        return sorted({name for s in self.sites if s.tap_terms for name in _tap_names(s.teaching)})
-
     def _install_hooks(self) -> None:
-        taps = self._tap_names()
+        taps = self._tap_modules
         if taps:
             self._hooks.append(self.root.register_forward_pre_hook(self._keep_inputs, with_kwargs=True))
             self._hooks.extend(self.root.get_submodule(n).register_forward_hook(self._keep_tap(n)) for n in taps)
@@ -121,10 +123,10 @@ class Teacher:
     def terms(self, step: int) -> torch.Tensor | None:
         """The sum of this step's teaching terms (None when there are none); no sync."""
         total: torch.Tensor | None = None
-        for site in self.sites:
+        for site in self._with_site_terms:
             for term in self._site_terms(site):
                 total = term if total is None else total + term
-        tap_sites = [s for s in self.sites if s.tap_terms and step % s.teaching.feature.cadence_steps == 0]
+        tap_sites = [s for s in self._with_tap_terms if step % s.teaching.feature.cadence_steps == 0]
         if tap_sites and self._inputs is not None:
             for term in self._tap_terms(tap_sites):
                 total = term if total is None else total + term
@@ -133,7 +135,7 @@ class Teacher:
     def _site_terms(self, site: TeachingSite) -> list[torch.Tensor]:
         recorded = site.module.site
         site.module.site = None
-        if recorded is None or not site.site_terms:
+        if recorded is None:
             return []
         t = site.teaching
         if site.stage in STUDENT_SEED_STAGES:
@@ -177,7 +179,7 @@ class Teacher:
         def keep(name: str) -> Callable:
             return lambda module, args, output: students.__setitem__(name, output)
 
-        capture = [self.root.get_submodule(n).register_forward_hook(keep(n)) for n in self._tap_names()]
+        capture = [self.root.get_submodule(n).register_forward_hook(keep(n)) for n in self._tap_modules]
         try:
             self.root(*args, **kwargs)
         finally:

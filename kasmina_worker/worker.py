@@ -226,7 +226,7 @@ class KasminaWorker:
             gates.setdefault(sid, telemetry_pb2.GateTelemetry()).foldability = 1.0 - parity
         self._applier.fold_parity.clear()
         self._boundary = k
-        self._after_structure_change()
+        self._configure_teaching()
         check_agreement(self._root, self._applier.applied, k, self._rank, self._dist_config)
         self._sync_wrapper(changed=self._wrapped_version != self._runtime.structure_version)
         self._meter.end_boundary(self._runtime.live, self._steps)
@@ -258,11 +258,17 @@ class KasminaWorker:
         return broadcast_commands(commands, self._rank)
 
     def _sync_wrapper(self, changed: bool) -> None:
-        """Rebuild the wrapper after a structural change (collective); re-arm the breakers on its parameters."""
-        if self._rebuilder.finish(changed):
-            self._arm_breakers()
+        """Rebuild the wrapper after a structural change (collective), then arm the breakers on the
+        live scaffolds and the parameters the (re)built wrapper trains, trips cleared."""
+        self._rebuilder.finish(changed)
         self._wrapped = self._rebuilder.model
         self._wrapped_version = self._runtime.structure_version
+        self._breakers.arm(
+            [
+                Watch(live.module.alpha, local_tensors(list(live.module.seed.parameters())))
+                for live in self._runtime.live.values()
+            ]
+        )
 
     def _report(
         self,
@@ -317,7 +323,6 @@ class KasminaWorker:
             )
             self._runtime.prune(live)
             self._exits.append(scaffold_report(live, stage=telemetry_pb2.SCAFFOLD_STAGE_PRUNED, gates=gates))
-        self._after_structure_change()
         return events
 
     def _advance(self, before: Mapping[str, bool], k: int) -> list[telemetry_pb2.CommandResult]:
@@ -336,31 +341,19 @@ class KasminaWorker:
                 self._runtime.apply_schedule(live)
         return results
 
-    def _on_exit(self, live: LiveScaffold, stage: int, command_id: str) -> None:
+    def _on_exit(self, live: LiveScaffold, stage: int) -> None:
         self._exits.append(scaffold_report(live, stage=stage))
 
-    def _after_structure_change(self) -> None:
-        """Refresh what the per-step path reads: live alphas, teaching sites, breaker trips."""
-        lives = list(self._runtime.live.values())
-        self._arm_breakers()
+    def _configure_teaching(self) -> None:
+        """Fix this interval's teaching sites (stages change only at boundaries)."""
         self._teacher.configure(
             [
                 TeachingSite(
-                    scaffold_id=live.scaffold_id,
-                    module_name=live.plan.module_name,
                     module=live.module,
                     teaching=live.plan.policy.teaching,
                     stage=live.schedule.stage(),
                     warm_level=live.schedule.config.warm_level,
                 )
-                for live in lives
-            ]
-        )
-
-    def _arm_breakers(self) -> None:
-        self._breakers.arm(
-            [
-                Watch(live.module.alpha, local_tensors(list(live.module.seed.parameters())))
                 for live in self._runtime.live.values()
             ]
         )
@@ -433,6 +426,6 @@ class KasminaWorker:
         self._unreported_results = list(loaded.unreported_results)
         self._unreported_reports = list(loaded.unreported_reports)
         self._meter.load_state_dict(state.get("gates", {}), self._steps, self._runtime.live)
-        self._after_structure_change()
+        self._configure_teaching()
         self._sync_wrapper(changed=True)
         log.info("worker_restored", job=self.job, boundary=self._boundary, live=len(self._runtime.live))
