@@ -110,15 +110,16 @@ class KasminaWorker:
         self._ring = StepLossRing(self.config.breakers.window, device)
         self._breakers = Breakers(self.config.breakers, self._ring, device)
         self._runtime = ScaffoldRuntime(model, optimizer, job, self._ring)
+        job_regions = _regions(regions)
         self._applier = CommandApplier(
-            self._runtime, job, _regions(regions), on_exit=self._on_exit, site_inputs=self._site_inputs
+            self._runtime, job, job_regions, on_exit=self._on_exit, site_inputs=self._site_inputs
         )
         self._queue = LocalQueue()
         if narset is not None and transport is None and self._rank.leader:
             transport = NarsetTransport(narset, self._registration, self.config.narset_timeout_s)
         self._transport = transport
         self._teacher = Teacher(model, probe_losses)
-        self._meter = GateMeter(model, self._probe, loss_fn, self._ring, _regions(regions), self.config.gates)
+        self._meter = GateMeter(model, self._probe, loss_fn, self._ring, job_regions, self.config.gates)
         self._boundary = 0
         self._exits: list[telemetry_pb2.ScaffoldReport] = []
         self._unreported_reports: list[telemetry_pb2.ScaffoldReport] = []
@@ -302,9 +303,10 @@ class KasminaWorker:
         local = loss_trip.kind and local_loss_trip.first == loss_trip.first
         loss_value = self._ring.at(self._ring.steps - (self._steps - loss_trip.first)) if local else None
         detail = f"step loss {loss_value:.6g}" if loss_value is not None else "step loss"
+        loss_found = [(bit, loss_trip.first, detail) for bit in TRIP_NAMES if loss_trip.kind & bit]
         events = []
         for live, seed_trip in zip(list(self._runtime.live.values()), seed_trips, strict=True):
-            found = [(bit, loss_trip.first, detail) for bit in TRIP_NAMES if loss_trip.kind & bit]
+            found = list(loss_found)
             if seed_trip.kind:
                 found.append((TRIP_NON_FINITE, seed_trip.first, "non-finite seed parameter"))
             if not found:
