@@ -110,8 +110,8 @@ class Trip:
 
 
 # Rows of the check vector: the loss against the spike limit, the loss alone (finite?), then one
-# row per watched seed (the sum of its parameter norms, finite iff every parameter is).
-_LOSS, _LOSS_FINITE, _SEEDS = 0, 1, 2
+# row per watched seed parameter (its norm, finite iff the parameter is).
+_LOSS, _LOSS_FINITE, _PARAMS = 0, 1, 2
 
 
 class Breakers:
@@ -125,19 +125,19 @@ class Breakers:
 
     def arm(self, watches: Sequence[Watch]) -> None:
         """Watch these scaffolds from the next step on, with every trip cleared."""
-        rows = _SEEDS + len(watches)
         self._watches = list(watches)
         self._params = [p for watch in watches for p in watch.params]
-        self._param_counts = [len(watch.params) for watch in watches]
-        self._zero = torch.zeros((), device=self.device)
-        self._alphas = [watch.alpha for watch in watches]
+        # The watch of each parameter row; a seed trips when any of its rows fails.
+        self._param_watch = [i for i, watch in enumerate(watches) for _ in watch.params]
+        rows = _PARAMS + len(self._params)
         self._limits = torch.full((rows,), NO_LIMIT, dtype=torch.float32, device=self.device)
         self._alive = torch.ones(rows, dtype=torch.float32, device=self.device)
         self._passed = torch.zeros(rows, dtype=torch.float64, device=self.device)
-        # Views made once, so the per-step path and the cut create no tensors for them.
+        # Views made once, so the per-step path and the cut create no tensors for them. The cut
+        # multiplies each alpha by every row of its seed, and all of them by the loss row.
         self._spike_limit = self._limits[_LOSS]
-        self._loss_alive = self._alive[_LOSS]
-        self._seed_alive = list(self._alive[_SEEDS:].unbind())
+        self._cut_alphas = [watches[i].alpha for i in self._param_watch] + [watch.alpha for watch in watches]
+        self._cut_factors = list(self._alive[_PARAMS:].unbind()) + [self._alive[_LOSS]] * len(watches)
         self._start: int | None = None
 
     @property
@@ -157,32 +157,25 @@ class Breakers:
             torch.nanmean(self.ring.buffer, out=self._spike_limit)
             self._spike_limit.mul_(self.config.spike_factor).nan_to_num_(nan=NO_LIMIT)
         recorded = self.ring.record(value)
-        norms = torch._foreach_norm(self._params) if self._params else []
-        seeds, at = [], 0
-        for count in self._param_counts:
-            total = norms[at] if count else self._zero
-            for norm in norms[at + 1 : at + count]:
-                total = total + norm
-            seeds.append(total)
-            at += count
-        checks = torch.stack([recorded, recorded, *seeds]) <= self._limits
+        norms = torch._foreach_norm(self._params) if self._params else ()
+        checks = torch.stack([recorded, recorded, *norms]) <= self._limits
         self._alive.mul_(checks)
         self._passed.add_(self._alive)
         if self._start is None:
             self._start = step
-        if loss.requires_grad:
-            loss.register_hook(self._cut_after_backward)
+        if loss.grad_fn is not None:
+            # A pre-hook on the loss's node runs when the backward starts, like a hook on the loss
+            # tensor, at about half the cost per step.
+            loss.grad_fn.register_prehook(self._cut_after_backward)
         else:
             self._cut()
 
-    def _cut_after_backward(self, grad: torch.Tensor) -> torch.Tensor:
+    def _cut_after_backward(self, grad_outputs: tuple[torch.Tensor, ...]) -> None:
         torch.autograd.Variable._execution_engine.queue_callback(self._cut)
-        return grad
 
     def _cut(self) -> None:
         """alpha *= 0 where a breaker has tripped (a no-op multiply by 1 elsewhere)."""
-        torch._foreach_mul_(self._alphas, self._seed_alive)
-        torch._foreach_mul_(self._alphas, self._loss_alive)
+        torch._foreach_mul_(self._cut_alphas, self._cut_factors)
 
     def settle(self) -> tuple[Trip, list[Trip]]:
         """The loss trip and one trip per watched scaffold since `arm`; synchronises (boundaries only)."""
@@ -196,5 +189,9 @@ class Breakers:
         kind = TRIP_NON_FINITE if non_finite_first >= 0 else 0
         if loss_first >= 0 and loss_first != non_finite_first:
             kind |= TRIP_LOSS_SPIKE
-        seeds = [Trip(TRIP_NON_FINITE, first(row)) if first(row) >= 0 else Trip() for row in range(_SEEDS, len(alive))]
+        seed_first = [-1] * len(self._watches)
+        for row, watch in enumerate(self._param_watch, start=_PARAMS):
+            if first(row) >= 0 and (seed_first[watch] < 0 or first(row) < seed_first[watch]):
+                seed_first[watch] = first(row)
+        seeds = [Trip(TRIP_NON_FINITE, at) if at >= 0 else Trip() for at in seed_first]
         return Trip(kind, loss_first), seeds

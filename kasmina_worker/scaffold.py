@@ -46,8 +46,12 @@ class _Blend(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         alpha, isolation = ctx.saved_tensors
-        grad_h = grad * ((1 - alpha) * (1 - isolation)) if ctx.needs_input_grad[0] else None
-        grad_s = grad * alpha if ctx.needs_input_grad[1] else None
+        needs_h, needs_s = ctx.needs_input_grad[:2]
+        # torch functions, not `1 - alpha`: the reflected operators take a slow Python path, and
+        # this runs on every backward.
+        keep = torch.rsub(isolation, 1)
+        grad_h = torch.mul(grad, torch.addcmul(keep, keep, alpha, value=-1)) if needs_h else None
+        grad_s = torch.mul(grad, alpha) if needs_s else None
         return grad_h, grad_s, None, None
 
 
