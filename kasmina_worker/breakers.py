@@ -189,9 +189,13 @@ class Breakers:
         kind = TRIP_NON_FINITE if non_finite_first >= 0 else 0
         if loss_first >= 0 and loss_first != non_finite_first:
             kind |= TRIP_LOSS_SPIKE
-        seed_first = [-1] * len(self._watches)
+        # A seed trips at the first step any of its parameter rows failed.
+        seed_first: dict[int, int] = {}
         for row, watch in enumerate(self._param_watch, start=_PARAMS):
-            if first(row) >= 0 and (seed_first[watch] < 0 or first(row) < seed_first[watch]):
-                seed_first[watch] = first(row)
-        seeds = [Trip(TRIP_NON_FINITE, at) if at >= 0 else Trip() for at in seed_first]
+            if (at := first(row)) >= 0:
+                seed_first[watch] = min(at, seed_first.get(watch, at))
+        seeds = [
+            Trip(TRIP_NON_FINITE, seed_first[watch]) if watch in seed_first else Trip()
+            for watch in range(len(self._watches))
+        ]
         return Trip(kind, loss_first), seeds

@@ -167,17 +167,20 @@ def test_breaker_records_the_first_trip_per_check_and_every_kind_seen():
 
 def test_seed_guard_cuts_only_the_seed_whose_parameter_turned_non_finite():
     """Seeds with several parameters: an Inf in the second parameter of one seed cuts that seed's
-    alpha alone, from that step on; the other seed and the loss breaker record no trip."""
+    alpha alone, from that step on, and its trip keeps that first step when its first parameter
+    turns NaN later; the other seed and the loss breaker record no trip."""
     ring = StepLossRing(window=20, device=torch.device("cpu"))
     breakers = Breakers(BreakerConfig(), ring, torch.device("cpu"))
     kept_alpha, cut_alpha = torch.tensor(0.5), torch.tensor(0.75)
-    poisoned = torch.ones(4)
-    breakers.arm([Watch(kept_alpha, [torch.ones(2), torch.ones(3)]), Watch(cut_alpha, [torch.ones(2), poisoned])])
+    poisoned_later, poisoned = torch.ones(2), torch.ones(4)
+    breakers.arm([Watch(kept_alpha, [torch.ones(2), torch.ones(3)]), Watch(cut_alpha, [poisoned_later, poisoned])])
     for step in range(3):
         breakers.observe(torch.tensor(1.0), step)
     assert float(cut_alpha) == 0.75
     poisoned[2] = math.inf
-    for step in range(3, 6):
+    breakers.observe(torch.tensor(1.0), 3)
+    poisoned_later[0] = math.nan
+    for step in range(4, 6):
         breakers.observe(torch.tensor(1.0), step)
     assert (float(kept_alpha), float(cut_alpha)) == (0.5, 0.0)
     assert breakers.settle() == (Trip(), [Trip(), Trip(TRIP_NON_FINITE, 3)])
