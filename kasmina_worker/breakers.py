@@ -2,8 +2,9 @@
 
 `Breakers.observe` (from `step_loss`) judges every step:
 
-* the step loss: non-finite, or above `spike_factor` times the mean of the finite losses in the
-  window, cuts the alpha of every live scaffold to 0;
+* the step loss: non-finite, or more than `(spike_factor - 1) * |mean|` above the mean of the
+  finite losses in the window (`spike_factor` times the mean for a positive mean; a job whose
+  loss is negative is judged the same way), cuts the alpha of every live scaffold to 0;
 * each live seed's parameters: a non-finite value (where a non-finite seed gradient lands after
   the optimiser step) cuts that scaffold's alpha to 0.
 
@@ -42,7 +43,8 @@ class BreakerConfig:
     window: int = 20
     """Step losses kept on-device (the stability gate's window)."""
     spike_factor: float = 10.0
-    """A step loss above this many times the window's mean is a spike; inf disables it."""
+    """A step loss above `mean + (spike_factor - 1) * |mean|` of the window is a spike (this many
+    times the mean for a positive mean); inf disables it."""
     min_history: int = 5
     """Finite losses needed in the window before spikes are judged."""
 
@@ -153,9 +155,9 @@ class Breakers:
         if value.dim() or value.dtype != torch.float32:
             value = value.reshape(()).float()
         if self.ring.steps >= self.config.min_history and not math.isinf(self.config.spike_factor):
-            # The mean of the window before this loss; an all-NaN window has none: no limit then.
-            torch.nanmean(self.ring.buffer, out=self._spike_limit)
-            self._spike_limit.mul_(self.config.spike_factor).nan_to_num_(nan=NO_LIMIT)
+            # From the mean of the window before this loss; an all-NaN window has none: no limit then.
+            limit = torch.nanmean(self.ring.buffer, out=self._spike_limit)
+            torch.add(limit, limit.abs(), alpha=self.config.spike_factor - 1, out=limit).nan_to_num_(nan=NO_LIMIT)
         recorded = self.ring.record(value)
         norms = torch._foreach_norm(self._params) if self._params else ()
         checks = torch.stack([recorded, recorded, *norms]) <= self._limits

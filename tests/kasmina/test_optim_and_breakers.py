@@ -184,3 +184,21 @@ def test_seed_guard_cuts_only_the_seed_whose_parameter_turned_non_finite():
         breakers.observe(torch.tensor(1.0), step)
     assert (float(kept_alpha), float(cut_alpha)) == (0.5, 0.0)
     assert breakers.settle() == (Trip(), [Trip(), Trip(TRIP_NON_FINITE, 3)])
+
+
+def test_spike_breaker_judges_a_negative_loss_by_its_distance_from_the_mean():
+    """A steady negative loss (mean -3) is no spike; with spike_factor 10 the limit is
+    -3 + 9 * 3 = 24, so 20 passes and 30 trips, at its own step."""
+    ring = StepLossRing(window=20, device=torch.device("cpu"))
+    breakers = Breakers(BreakerConfig(spike_factor=10.0), ring, torch.device("cpu"))
+    alpha = torch.tensor(0.5)
+    breakers.arm([Watch(alpha, [torch.ones(2)])])
+    for step in range(12):
+        breakers.observe(torch.tensor(-3.0), step)
+    breakers.observe(torch.tensor(20.0), 12)
+    assert float(alpha) == 0.5 and breakers.settle() == (Trip(), [Trip()])
+    breakers.arm([Watch(alpha, [torch.ones(2)])])
+    for step in range(13, 20):
+        breakers.observe(torch.tensor(-3.0), step)
+    breakers.observe(torch.tensor(30.0), 20)
+    assert float(alpha) == 0.0 and breakers.settle() == (Trip(TRIP_LOSS_SPIKE, 20), [Trip()])
