@@ -156,8 +156,9 @@ class Breakers:
             value = value.reshape(()).float()
         if self.ring.steps >= self.config.min_history and not math.isinf(self.config.spike_factor):
             # From the mean of the window before this loss; an all-NaN window has none: no limit then.
-            limit = torch.nanmean(self.ring.buffer, out=self._spike_limit)
-            torch.add(limit, limit.abs(), alpha=self.config.spike_factor - 1, out=limit).nan_to_num_(nan=NO_LIMIT)
+            mean = torch.nanmean(self.ring.buffer, out=self._spike_limit)
+            torch.add(mean, mean.abs(), alpha=self.config.spike_factor - 1, out=self._spike_limit)
+            self._spike_limit.nan_to_num_(nan=NO_LIMIT)
         recorded = self.ring.record(value)
         norms = torch._foreach_norm(self._params) if self._params else ()
         checks = torch.stack([recorded, recorded, *norms]) <= self._limits

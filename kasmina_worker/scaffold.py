@@ -47,11 +47,14 @@ class _Blend(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         alpha, isolation = ctx.saved_tensors
         needs_h, needs_s = ctx.needs_input_grad[:2]
-        # torch functions, not `1 - alpha`: the reflected operators take a slow Python path, and
-        # this runs on every backward.
-        keep = torch.rsub(isolation, 1)
-        grad_h = torch.mul(grad, torch.addcmul(keep, keep, alpha, value=-1)) if needs_h else None
-        grad_s = torch.mul(grad, alpha) if needs_s else None
+        grad_h = grad_s = None
+        if needs_h:
+            # torch functions, not `1 - alpha`: the reflected operators take a slow Python path, and
+            # this runs on every backward. (1 - alpha)(1 - isolation) = keep - keep * alpha.
+            keep = torch.rsub(isolation, 1)
+            grad_h = torch.mul(grad, torch.addcmul(keep, keep, alpha, value=-1))
+        if needs_s:
+            grad_s = torch.mul(grad, alpha)
         return grad_h, grad_s, None, None
 
 
