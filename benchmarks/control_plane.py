@@ -21,7 +21,7 @@ from pathlib import Path
 
 import grpc
 
-from narset.launch import ServeProcess
+from narset.server.launch import ServeProcess
 from narset.v1 import (
     command_pb2,
     job_pb2,

@@ -22,7 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from kasmina_worker import KasminaWorker, dcp
+from kasmina_worker import KasminaWorker
+from kasmina_worker.parallel import dcp
 from narset.v1 import command_pb2
 
 
@@ -148,6 +149,7 @@ def main() -> None:
             )
         )
     if distributed:
+        dist.barrier()  # no rank tears gloo down while a peer still uses it
         dist.destroy_process_group()
 
 

@@ -16,10 +16,20 @@ import structlog
 import torch
 from torch import nn
 
-from kasmina_worker import state as state_io
-from kasmina_worker.breakers import TRIP_LOSS_SPIKE, TRIP_NON_FINITE, BreakerConfig, Breakers, StepLossRing, Watch
-from kasmina_worker.commands import CommandApplier
-from kasmina_worker.distributed import (
+from kasmina_worker.link.narset_transport import NarsetTransport
+from kasmina_worker.link.registration import attach_request
+from kasmina_worker.link.report import BoundarySummary, scaffold_report, summary_of
+from kasmina_worker.link.transport import CommandSource, LocalQueue
+from kasmina_worker.measure.breakers import (
+    TRIP_LOSS_SPIKE,
+    TRIP_NON_FINITE,
+    BreakerConfig,
+    Breakers,
+    StepLossRing,
+    Watch,
+)
+from kasmina_worker.measure.gate_meter import GateConfig, GateMeter, eval_mode
+from kasmina_worker.parallel.distributed import (
     DistributedConfig,
     broadcast_commands,
     check_agreement,
@@ -27,16 +37,13 @@ from kasmina_worker.distributed import (
     reduce_measures,
     reduce_trips,
 )
-from kasmina_worker.gates import GateConfig, GateMeter, eval_mode
-from kasmina_worker.lifecycle import LiveScaffold, ScaffoldRuntime
-from kasmina_worker.narset_transport import NarsetTransport
-from kasmina_worker.optim import seed_group_order
-from kasmina_worker.rebuild import Rebuilder, local_tensors
-from kasmina_worker.registration import attach_request
-from kasmina_worker.report import BoundarySummary, scaffold_report, summary_of
-from kasmina_worker.scaffold import Scaffold
-from kasmina_worker.teaching import ProbeLoss, Teacher, TeachingSite
-from kasmina_worker.transport import CommandSource, LocalQueue
+from kasmina_worker.parallel.rebuild import Rebuilder, local_tensors
+from kasmina_worker.runtime import state as state_io
+from kasmina_worker.runtime.commands import CommandApplier
+from kasmina_worker.runtime.lifecycle import LiveScaffold, ScaffoldRuntime
+from kasmina_worker.runtime.optim import seed_group_order
+from kasmina_worker.runtime.teaching import ProbeLoss, Teacher, TeachingSite
+from kasmina_worker.seeds.scaffold import Scaffold
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
 
 __all__ = ["KasminaWorker", "WorkerConfig"]
@@ -57,7 +64,7 @@ class WorkerConfig:
     narset_timeout_s: float = 5.0
     """Longest a boundary waits for Narset (per call) before training goes on without it."""
     gates: GateConfig = field(default_factory=GateConfig)
-    """Bounds on gate measurement (see `kasmina_worker.gates`)."""
+    """Bounds on gate measurement (see `kasmina_worker.measure.gate_meter`)."""
 
     def __post_init__(self) -> None:
         if self.probe_batches < 1:
@@ -98,7 +105,7 @@ class KasminaWorker:
         self.job = job
         self.narset = narset
         self.config = config or WorkerConfig()
-        # Rank 0 alone talks to the command sources; see kasmina_worker/distributed.py.
+        # Rank 0 alone talks to the command sources; see kasmina_worker/parallel/distributed.py.
         self._dist_config = distributed or DistributedConfig()
         self._rank = rank_info(self._dist_config.group)
         self._root = model

@@ -1,7 +1,7 @@
 """Narset: the control plane that issues AdaptationCommands to training jobs running Kasmina.
 
 Importing `narset` is light (no server, no torch): the worker side imports the contract helpers
-`narset.scaffold_policy`, `narset.catalogue` and the generated `narset.v1` messages.
+`narset.contract.scaffold_policy`, `narset.contract.catalogue` and the generated `narset.v1` messages.
 """
 
 __all__ = ["__version__"]

@@ -239,9 +239,9 @@ def cmd_watch(client: NarsetClient, args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from narset.logs import configure_logging
     from narset.server import serve
-    from narset.settings import load_settings
+    from narset.server.logs import configure_logging
+    from narset.server.settings import load_settings
 
     settings = load_settings(
         args.config,
@@ -257,7 +257,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from narset.demo import DemoConfig, run_demo
+    from narset_demo.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(steps_per_boundary=args.steps_per_boundary, max_boundaries=args.max_boundaries), args.json)
     return EXIT_OK

@@ -9,7 +9,7 @@ from typing import TypeVar
 import grpc
 import structlog
 
-from narset.errors import Refusal
+from narset.control.errors import Refusal
 
 __all__ = ["refusals_as_status"]
 

@@ -11,16 +11,16 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from narset.catalogue import BUILTIN_BLUEPRINTS
-from narset.decisions import DecisionEngine
-from narset.events import EventHub
-from narset.exchange import Exchange
-from narset.ledger import CommandLedger
+from narset.contract.catalogue import BUILTIN_BLUEPRINTS
+from narset.control.decisions import DecisionEngine
+from narset.control.events import EventHub
+from narset.control.exchange import Exchange
+from narset.control.ledger import CommandLedger
+from narset.control.tactical import TacticalPolicy
 from narset.server.operator_service import OperatorService
+from narset.server.settings import ServerSettings
 from narset.server.worker_service import WorkerService
-from narset.settings import ServerSettings
 from narset.store import Store
-from narset.tactical import TacticalPolicy
 from narset.v1 import (
     operator_service_pb2,
     operator_service_pb2_grpc,

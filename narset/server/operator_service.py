@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from narset.errors import Refusal
-from narset.events import EventHub
-from narset.job_policy import job_policy_of, validate_job_policy
-from narset.ledger import CommandLedger
+from narset.contract.stages import OCCUPYING_STAGES
+from narset.control.errors import Refusal
+from narset.control.events import EventHub
+from narset.control.job_policy import job_policy_of, validate_job_policy
+from narset.control.ledger import CommandLedger
 from narset.server._refusals import refusals_as_status
-from narset.stages import OCCUPYING_STAGES
 from narset.store import Store
 from narset.v1 import job_pb2, operator_service_pb2_grpc
 from narset.v1 import operator_service_pb2 as pb

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from narset.exchange import Exchange
+from narset.control.exchange import Exchange
 from narset.server._refusals import refusals_as_status
 from narset.v1 import worker_service_pb2 as pb
 from narset.v1 import worker_service_pb2_grpc

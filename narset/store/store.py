@@ -16,7 +16,7 @@ from typing import TypeVar
 import structlog
 from google.protobuf.message import Message
 
-from narset.stages import LIVE_STAGES, OCCUPYING_STAGES
+from narset.contract.stages import LIVE_STAGES, OCCUPYING_STAGES
 from narset.store.migrations import MIGRATIONS
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 

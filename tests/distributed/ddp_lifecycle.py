@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from kasmina_worker import KasminaWorker
-from kasmina_worker.distributed import RankDisagreement
+from kasmina_worker.parallel.distributed import RankDisagreement
 from narset.v1 import telemetry_pb2
 
 BOUNDARIES = 8

@@ -15,7 +15,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
-from kasmina_worker import KasminaWorker, dcp
+from kasmina_worker import KasminaWorker
+from kasmina_worker.parallel import dcp
 from narset.v1 import telemetry_pb2
 
 BOUNDARIES, SAVE_AT, STEPS = 10, 5, 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from narset.launch import ServeProcess
+from narset.server.launch import ServeProcess
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import torch
 from e2e_testing import TrainingJob, cli_deploy, cli_json
 
-from narset.launch import ServeProcess
+from narset.server.launch import ServeProcess
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from kasmina_testing import GPT2MLP, MLP, deploy, max_rel_err, on, result_ok, schedule, train
 
 from kasmina_worker import Conv1D, KasminaWorker
-from kasmina_worker.hosts import linear_layout
+from kasmina_worker.seeds.hosts import linear_layout
 
 FP32_FOLD_BOUND = 1e-5
 BF16_FOLD_BOUND = 4 * 2**-8  # docs/kasmina.md: four bf16 roundings (2^-8) of the output scale; measured <= 9.1e-3

@@ -12,11 +12,11 @@ from kasmina_testing import MoEModel, batch, deploy, on, result_ok, schedule
 from torch import nn
 
 from kasmina_worker import KasminaWorker
-from kasmina_worker.breakers import BreakerConfig
-from kasmina_worker.gate_formulas import diversity_index, drift, jitter_p95
+from kasmina_worker.measure.breakers import BreakerConfig
+from kasmina_worker.measure.gate_formulas import diversity_index, drift, jitter_p95
 from kasmina_worker.worker import WorkerConfig
-from narset.gates import judge
-from narset.scaffold_policy import DEFAULT_GATES
+from narset.contract.scaffold_policy import DEFAULT_GATES
+from narset.control.judge import judge
 
 ALL_GATES = (
     "transfer_rel_delta",
@@ -245,7 +245,7 @@ def test_diversity_is_high_for_random_features_and_low_for_collapsed_ones():
 def test_step_time_ratio_needs_a_baseline_and_is_one_when_nothing_changed(monkeypatch):
     """No baseline (deployed before any step): unset; with a pre-deploy interval and equal step times: exactly 1."""
     clock = FakeClock(0.01)
-    monkeypatch.setattr("kasmina_worker.gates.time.perf_counter", clock)
+    monkeypatch.setattr("kasmina_worker.measure.gate_meter.time.perf_counter", clock)
     model = _model()
     worker, optimizer = _worker(model)
     worker.submit(deploy("0", "lora", command_id="early", policy=_warm()))

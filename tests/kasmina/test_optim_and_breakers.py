@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from kasmina_testing import MLP, batch, deploy, on, result_ok, schedule, train
 
 from kasmina_worker import BreakerConfig, KasminaWorker, WorkerConfig
-from kasmina_worker.breakers import TRIP_LOSS_SPIKE, TRIP_NON_FINITE, Breakers, StepLossRing, Trip, Watch
-from kasmina_worker.optim import GROUP_KEY
+from kasmina_worker.measure.breakers import TRIP_LOSS_SPIKE, TRIP_NON_FINITE, Breakers, StepLossRing, Trip, Watch
+from kasmina_worker.runtime.optim import GROUP_KEY
 
 
 def _worker(lr=1e-2, **kwargs):

@@ -12,8 +12,8 @@ from kasmina_testing import MLP, batch, deploy, result_ok, schedule
 from torch import nn
 
 from kasmina_worker import BuildContext, KasminaWorker, Seed, blueprint_names, register_blueprint
-from kasmina_worker.schedule import AlphaSchedule, ScheduleConfig
-from kasmina_worker.teaching import kd_loss
+from kasmina_worker.runtime.schedule import AlphaSchedule, ScheduleConfig
+from kasmina_worker.runtime.teaching import kd_loss
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 
 S = telemetry_pb2

@@ -11,7 +11,7 @@ import pytest
 from narset_testing import ServerThread, attach_request
 
 from narset.client import NarsetClient
-from narset.logs import configure_logging
+from narset.server.logs import configure_logging
 from narset.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 # Server logs go to stderr, as in `narset serve`, so stdout holds only what the CLI prints.

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from narset.server import NarsetServer
-from narset.settings import ServerSettings
+from narset.server.settings import ServerSettings
 from narset.v1 import command_pb2, job_pb2, worker_service_pb2
 
 __all__ = ["MODULES", "REGIONS", "ServerThread", "attach_request", "deploy", "linear"]

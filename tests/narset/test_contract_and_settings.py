@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from narset.settings import load_settings
+from narset.server.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

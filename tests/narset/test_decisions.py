@@ -10,9 +10,9 @@ from narset_testing import attach_request, deploy
 
 from narset.cli import main
 from narset.client import NarsetError
-from narset.gates import judge, residual_gain, trend_slope
-from narset.scaffold_policy import DEFAULT_GATES
-from narset.tactical import loss_signal
+from narset.contract.scaffold_policy import DEFAULT_GATES
+from narset.control.judge import judge, residual_gain, trend_slope
+from narset.control.tactical import loss_signal
 from narset.v1 import command_pb2, telemetry_pb2, worker_service_pb2
 
 S = telemetry_pb2

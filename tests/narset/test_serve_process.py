@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from narset_testing import attach_request, deploy
 
 from narset.client import NarsetClient
-from narset.launch import ServeProcess
+from narset.server.launch import ServeProcess
 from narset.v1 import command_pb2, job_pb2, worker_service_pb2, worker_service_pb2_grpc
 
 

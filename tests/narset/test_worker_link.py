@@ -7,8 +7,8 @@ import time
 import pytest
 from narset_testing import attach_request
 
+from kasmina_worker.link.worker_link import LinkError, WorkerLink
 from narset.v1 import worker_service_pb2
-from narset.worker_link import LinkError, WorkerLink
 
 
 def test_link_attaches_and_reports(server, client):

@@ -1,0 +1,343 @@
+"""The worker side of Narset: attach (with reconciliation), the boundary exchange, detach.
+
+Delivery is at-least-once and the worker applies by command id at most once, so the effect of
+every command is exactly once: a DELIVERED command is sent again at every exchange until its
+result arrives, and at re-attach the ledger is reconciled against the job's restored state.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+
+import structlog
+
+from narset.contract.catalogue import BUILTIN_BLUEPRINTS
+from narset.contract.stages import LIVE_STAGES
+from narset.control.decisions import DecisionEngine
+from narset.control.errors import Refusal
+from narset.control.events import EventHub
+from narset.control.job_policy import default_job_policy, job_policy_of
+from narset.control.ledger import IN_FLIGHT, check_identifier
+from narset.control.tactical import TacticalPolicy
+from narset.store import Store
+from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
+
+__all__ = ["Exchange"]
+
+log = structlog.get_logger("narset.control.exchange")
+
+PROTOCOL_VERSION = 1
+_S = command_pb2
+
+
+def _require_finite(field: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise Refusal.invalid(field, f"must be finite, got {value}")
+
+
+def _check_report(request: worker_service_pb2.ReportBoundaryRequest) -> None:
+    if request.boundary < 1:
+        raise Refusal.invalid("report.boundary", f"must be >= 1, got {request.boundary}")
+    if request.step < 0:
+        raise Refusal.invalid("report.step", f"must be >= 0, got {request.step}")
+    if request.HasField("probe_loss"):
+        _require_finite("report.probe_loss", request.probe_loss)
+    if request.HasField("step_time_ms"):
+        _require_finite("report.step_time_ms", request.step_time_ms)
+    for name, value in request.metrics.items():
+        _require_finite(f"report.metrics[{name}]", value)
+    for i, scaffold in enumerate(request.scaffolds):
+        if not scaffold.scaffold_id:
+            raise Refusal.invalid(f"report.scaffolds[{i}].scaffold_id", "is required")
+        _require_finite(f"report.scaffolds[{i}].alpha", scaffold.alpha)
+        for descriptor, value in scaffold.gates.ListFields():
+            if isinstance(value, float):
+                _require_finite(f"report.scaffolds[{i}].gates.{descriptor.name}", value)
+    for i, result in enumerate(request.results):
+        if not result.command_id:
+            raise Refusal.invalid(f"report.results[{i}].command_id", "is required")
+
+
+def _check_unique_names(field: str, kind: str, items) -> None:
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        if not item.name:
+            raise Refusal.invalid(f"{field}[{i}].name", "is required")
+        if item.name in seen:
+            raise Refusal.invalid(f"{field}[{i}].name", f"duplicate {kind} '{item.name}'")
+        seen.add(item.name)
+
+
+def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
+    check_identifier("attach.job_id", request.job_id)
+    if request.world_size < 1:
+        raise Refusal.invalid("attach.world_size", f"must be >= 1, got {request.world_size}")
+    if request.capabilities.protocol_version > PROTOCOL_VERSION:
+        raise Refusal.precondition(
+            "attach.capabilities.protocol_version",
+            f"worker speaks protocol {request.capabilities.protocol_version}, this Narset {PROTOCOL_VERSION}",
+        )
+    _check_unique_names("attach.modules", "module", request.modules)
+    builtin = {b.name for b in BUILTIN_BLUEPRINTS}
+    for i, blueprint in enumerate(request.blueprints):
+        if not blueprint.name or blueprint.name in builtin:
+            raise Refusal.invalid(
+                f"attach.blueprints[{i}].name", f"must name a blueprint that is not built in, got {blueprint.name!r}"
+            )
+        if not blueprint.host_types:
+            raise Refusal.invalid(
+                f"attach.blueprints[{i}].host_types", f"blueprint '{blueprint.name}' needs a host type"
+            )
+    _check_unique_names("attach.regions", "region", request.regions)
+    for i, region in enumerate(request.regions):
+        if not region.patterns:
+            raise Refusal.invalid(f"attach.regions[{i}].patterns", f"region '{region.name}' needs a pattern")
+
+
+class Exchange:
+    """Attach, report and detach; each a single store transaction."""
+
+    def __init__(self, store: Store, events: EventHub, decisions: DecisionEngine, tactical: TacticalPolicy) -> None:
+        self._store = store
+        self._events = events
+        self._decisions = decisions
+        self._tactical = tactical
+
+    def _session_job(self, job_id: str, session_id: str, field: str) -> job_pb2.Job:
+        job = self._store.get_job(job_id)
+        if job is None:
+            raise Refusal.not_found(f"{field}.job_id", f"no job '{job_id}'; attach first")
+        if job.session_id != session_id:
+            raise Refusal.precondition(
+                f"{field}.session_id", f"session '{session_id}' of job '{job_id}' was superseded; attach again"
+            )
+        return job
+
+    # attach -------------------------------------------------------------------------------------
+
+    def attach(self, request: worker_service_pb2.AttachRequest) -> worker_service_pb2.AttachResponse:
+        _check_attach(request)
+        now = time.time_ns()
+        job = self._store.get_job(request.job_id) or job_pb2.Job(job_id=request.job_id)
+        job.state = job_pb2.JOB_STATE_ATTACHED
+        job.session_id = uuid.uuid4().hex
+        job.world_size = request.world_size
+        del job.ranks[:]
+        job.ranks.extend(request.ranks)
+        del job.regions[:]
+        job.regions.extend(request.regions)
+        job.capabilities.CopyFrom(request.capabilities)
+        job.module_count = len(request.modules)
+        job.attached_at.FromNanoseconds(now)
+        job.last_seen_at.FromNanoseconds(now)
+        if request.HasField("restored"):
+            job.last_boundary = request.restored.boundary
+        with self._store.transaction():
+            self._store.put_job(job)
+            self._store.replace_modules(job.job_id, request.modules)
+            for blueprint in request.blueprints:
+                self._store.put_blueprint(blueprint)
+            policy = self._store.get_policy(job.job_id)
+            if policy is None:
+                policy = default_job_policy()
+                self._store.put_policy(job.job_id, policy)
+            redeliver = self._reconcile(job, request.restored)
+            self._refresh_live_count(job)
+            self._store.put_job(job)
+            self._events.emit(
+                job.job_id,
+                job_pb2.EVENT_KIND_JOB_ATTACHED,
+                f"job attached with {job.world_size} rank(s) and {job.module_count} modules",
+                session_id=job.session_id,
+                resumed_from=request.restored.boundary,
+                redelivered=len(redeliver),
+            )
+        return worker_service_pb2.AttachResponse(
+            session_id=job.session_id,
+            next_boundary=request.restored.boundary + 1,
+            policy=policy,
+            redeliver_command_ids=redeliver,
+        )
+
+    def _reconcile(self, job: job_pb2.Job, restored: worker_service_pb2.RestoredState) -> list[str]:
+        """Align the ledger with what the job's checkpoint has applied; returns the ids to redeliver."""
+        applied = set(restored.applied_command_ids)
+        redeliver: list[str] = []
+        for record in self._store.list_commands(job.job_id, (_S.COMMAND_STATE_APPLIED, _S.COMMAND_STATE_DELIVERED)):
+            command_id = record.command.command_id
+            if record.state == _S.COMMAND_STATE_APPLIED and command_id not in applied:
+                # The job resumed from a checkpoint older than this command's effect.
+                record.state = _S.COMMAND_STATE_PENDING
+                record.delivered_boundary = 0
+                record.applied_boundary = 0
+                redeliver.append(command_id)
+                if record.command.WhichOneof("action") == "deploy":
+                    self._reset_scaffold(job.job_id, record.scaffold_id)
+            elif record.state == _S.COMMAND_STATE_DELIVERED and command_id in applied:
+                # Applied and saved, but the result never reached us.
+                record.state = _S.COMMAND_STATE_APPLIED
+                record.applied_boundary = record.delivered_boundary
+            else:
+                continue
+            record.updated_at.FromNanoseconds(time.time_ns())
+            self._store.put_command(record)
+        for report in restored.scaffolds:
+            self._update_scaffold(job.job_id, restored.boundary, report)
+        return redeliver
+
+    def _reset_scaffold(self, job_id: str, scaffold_id: str) -> None:
+        scaffold = self._store.get_scaffold(job_id, scaffold_id)
+        if scaffold is not None:
+            scaffold.stage = telemetry_pb2.SCAFFOLD_STAGE_PENDING
+            scaffold.alpha = 0.0
+            scaffold.age_ckpts = 0
+            scaffold.extensions = 0
+            scaffold.ttl_ckpts = scaffold.policy.ttl_ckpts
+            self._store.put_scaffold(scaffold)
+
+    def _refresh_live_count(self, job: job_pb2.Job) -> None:
+        job.live_scaffolds = self._store.count_live_scaffolds(job.job_id)
+
+    # report -------------------------------------------------------------------------------------
+
+    def report(self, request: worker_service_pb2.ReportBoundaryRequest) -> worker_service_pb2.ReportBoundaryResponse:
+        _check_report(request)
+        job = self._session_job(request.job_id, request.session_id, "report")
+        response = worker_service_pb2.ReportBoundaryResponse()
+        with self._store.transaction():
+            self._store.put_report(job.job_id, request.boundary, time.time(), request.SerializeToString())
+            for result in request.results:
+                self._record_result(job, result)
+            self._decisions.breaker_prunes(job, request)
+            stored = {r.scaffold_id: self._update_scaffold(job.job_id, request.boundary, r) for r in request.scaffolds}
+            for event in request.safety_events:
+                self._events.emit(
+                    job.job_id,
+                    job_pb2.EVENT_KIND_SAFETY_EVENT,
+                    f"{event.kind} on scaffold {event.scaffold_id} at step {event.step}: {event.detail}",
+                    scaffold_id=event.scaffold_id,
+                    kind=event.kind,
+                )
+            job.last_boundary = request.boundary
+            job.last_step = request.step
+            if request.HasField("probe_loss"):
+                job.last_probe_loss = request.probe_loss
+            job.last_seen_at.FromNanoseconds(time.time_ns())
+            self._store.put_job(job)
+            # Decisions made from this very report go back in its answer.
+            response.decisions.extend(self._decisions.decide(job, request, stored))
+            policy = job_policy_of(self._store, job.job_id)
+            deploy = self._tactical.consider(job, request, policy)
+            if deploy is not None:
+                response.decisions.append(deploy)
+            response.commands.extend(self._deliver(job, request.boundary, policy))
+            self._refresh_live_count(job)
+            self._store.put_job(job)
+            self._events.emit(
+                job.job_id,
+                job_pb2.EVENT_KIND_BOUNDARY_REPORTED,
+                f"boundary {request.boundary} at step {request.step}",
+                boundary=request.boundary,
+                step=request.step,
+                delivered=len(response.commands),
+            )
+        return response
+
+    def _record_result(self, job: job_pb2.Job, result: telemetry_pb2.CommandResult) -> None:
+        record = self._store.get_command(result.command_id)
+        if record is None or record.command.job_id != job.job_id:
+            # A command Narset never issued (submitted locally in the job): nothing to record.
+            log.info("report.foreign_result", job_id=job.job_id, command_id=result.command_id)
+            return
+        if record.state in (_S.COMMAND_STATE_APPLIED, _S.COMMAND_STATE_REJECTED):
+            return  # a retried report: the result is already recorded
+        applied = result.outcome == telemetry_pb2.COMMAND_OUTCOME_APPLIED
+        record.state = _S.COMMAND_STATE_APPLIED if applied else _S.COMMAND_STATE_REJECTED
+        record.applied_boundary = result.boundary
+        record.result_message = result.message
+        record.updated_at.FromNanoseconds(time.time_ns())
+        self._store.put_command(record)
+        action = record.command.WhichOneof("action")
+        if not applied and action == "deploy":
+            self._store.delete_scaffold(job.job_id, record.scaffold_id)
+        self._events.emit(
+            job.job_id,
+            job_pb2.EVENT_KIND_COMMAND_APPLIED if applied else job_pb2.EVENT_KIND_COMMAND_REJECTED,
+            f"{action} {record.scaffold_id} {'applied' if applied else 'rejected'} at boundary {result.boundary}"
+            + (f": {result.message}" if result.message else ""),
+            command_id=record.command.command_id,
+            scaffold_id=record.scaffold_id,
+        )
+
+    def _update_scaffold(self, job_id: str, boundary: int, report: telemetry_pb2.ScaffoldReport) -> job_pb2.Scaffold:
+        """Store the reported state of one scaffold (adopting one Narset did not deploy); returns it."""
+        scaffold = self._store.get_scaffold(job_id, report.scaffold_id)
+        if scaffold is None:
+            # Deployed without Narset (local mode before attach): adopt it.
+            scaffold = job_pb2.Scaffold(
+                scaffold_id=report.scaffold_id,
+                job_id=job_id,
+                module=report.module,
+                blueprint=report.blueprint,
+                region=report.region or report.module,
+                deployed_boundary=boundary,
+            )
+            scaffold.policy.ttl_ckpts = report.ttl_ckpts
+        if scaffold.stage == telemetry_pb2.SCAFFOLD_STAGE_PENDING and report.stage in LIVE_STAGES:
+            scaffold.deployed_boundary = boundary - report.age_ckpts
+        scaffold.stage = report.stage
+        scaffold.alpha = report.alpha
+        scaffold.age_ckpts = report.age_ckpts
+        scaffold.ttl_ckpts = report.ttl_ckpts
+        scaffold.extensions = report.extensions
+        scaffold.gates.CopyFrom(report.gates)
+        self._store.put_scaffold(scaffold)
+        self._store.add_scaffold_history(
+            job_id,
+            scaffold.scaffold_id,
+            job_pb2.ScaffoldBoundary(boundary=boundary, stage=report.stage, alpha=report.alpha, gates=report.gates),
+        )
+        return scaffold
+
+    def _deliver(
+        self, job: job_pb2.Job, boundary: int, policy: job_pb2.JobPolicy
+    ) -> list[command_pb2.AdaptationCommand]:
+        """Commands due now, in ledger order, within the per-boundary fold and prune budgets.
+
+        Commands delivered earlier without a result yet are sent again (the worker dedups by id).
+        """
+        budget = {"fold": policy.max_folds_per_boundary, "prune": policy.max_prunes_per_boundary}
+        due: list[command_pb2.AdaptationCommand] = []
+        for record in self._store.list_commands(job.job_id, IN_FLIGHT):
+            action = record.command.WhichOneof("action")
+            if action in budget:
+                if budget[action] <= 0:
+                    continue  # over this boundary's budget: stays queued for the next one
+                budget[action] -= 1
+            due.append(record.command)
+            if record.state == _S.COMMAND_STATE_PENDING:
+                record.state = _S.COMMAND_STATE_DELIVERED
+                record.delivered_boundary = boundary
+                record.updated_at.FromNanoseconds(time.time_ns())
+                self._store.put_command(record)
+                self._events.emit(
+                    job.job_id,
+                    job_pb2.EVENT_KIND_COMMAND_DELIVERED,
+                    f"{action} {record.scaffold_id} delivered at boundary {boundary}",
+                    command_id=record.command.command_id,
+                    scaffold_id=record.scaffold_id,
+                )
+        return due
+
+    # detach -------------------------------------------------------------------------------------
+
+    def detach(self, request: worker_service_pb2.DetachRequest) -> None:
+        job = self._session_job(request.job_id, request.session_id, "detach")
+        job.state = job_pb2.JOB_STATE_DETACHED
+        with self._store.transaction():
+            self._store.put_job(job)
+            self._events.emit(
+                job.job_id, job_pb2.EVENT_KIND_JOB_DETACHED, f"job detached: {request.reason or 'no reason given'}"
+            )
