@@ -1,4 +1,4 @@
-"""Gate measurement at a boundary (DESIGN.md section 5): the worker measures, Narset judges.
+"""Gate measurement at a boundary (docs/design.md, section 5): the worker measures, Narset judges.
 
 `GateMeter.measure` runs inside `checkpoint()` only, under `no_grad`, in eval mode (each module's
 mode restored), with the global RNG forked, and leaves the model bit-identical: every simulated

@@ -1,6 +1,6 @@
 """One leader, identical followers: the worker's collectives at a checkpoint boundary.
 
-Every rank calls `checkpoint` at the same boundary (DESIGN.md section 3). Here:
+Every rank calls `checkpoint` at the same boundary (docs/design.md, section 3). Here:
 
 * `broadcast_commands`: rank 0 alone exchanges with the command sources; its commands travel to
   every rank as serialized protobuf bytes, so all ranks apply the same commands in the same order.

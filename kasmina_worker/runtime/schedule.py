@@ -1,4 +1,4 @@
-"""Alpha schedules: the lifecycle of DESIGN.md section 4, counted in checkpoint boundaries.
+"""Alpha schedules: the lifecycle (docs/design.md, section 4), counted in checkpoint boundaries.
 
 Pure Python and deterministic: the state is a few numbers (`to_dict` / `from_dict`), and alpha,
 isolation and stage are functions of it. Timeline, with the deploy applied at boundary k

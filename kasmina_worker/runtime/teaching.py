@@ -1,6 +1,6 @@
 """Teaching losses added by `worker.step_loss`, keyed by scaffold.
 
-Directions by stage (DESIGN.md section 4):
+Directions by stage (docs/design.md, section 4):
 * TRAIN_ISOLATED: the host teaches the seed. Student: the seed output s; teacher: h, detached.
 * DECAY (weaning): the seed teaches the host. Student: the host output h; teacher: the blend at
   the warm level, `lerp(h, s, warm)`, detached.

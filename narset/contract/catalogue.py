@@ -1,4 +1,4 @@
-"""The built-in blueprint catalogue (DESIGN.md section 4) and the fit check of a blueprint to a host.
+"""The built-in blueprint catalogue (docs/design.md, section 4) and the fit check of a blueprint to a host.
 
 Pure data and pure functions over the contract messages: Narset serves and validates against it,
 Kasmina builds seeds for exactly these names and parameters.

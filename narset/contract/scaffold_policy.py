@@ -19,14 +19,14 @@ __all__ = [
     "policy_errors",
 ]
 
-# DESIGN.md section 4: warm level by size class.
+# docs/design.md, section 4: warm level by size class.
 WARM_LEVEL_BY_SIZE = {
     job_pb2.SIZE_CLASS_MICRO: 0.5,
     job_pb2.SIZE_CLASS_MESO: 0.25,
     job_pb2.SIZE_CLASS_MACRO: 0.1,
 }
 
-# DESIGN.md section 5 defaults.
+# docs/design.md, section 5 defaults.
 DEFAULT_GATES = command_pb2.GateThresholds(
     transfer_epsilon=0.01,
     residual_gain_gamma=0.001,

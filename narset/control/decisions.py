@@ -1,4 +1,4 @@
-"""Exit decisions (DESIGN.md section 5): FUSE / PRUNE / PERSIST from a boundary report's gates.
+"""Exit decisions (docs/design.md, section 5): FUSE / PRUNE / PERSIST from a boundary report's gates.
 
 Run inside the report's transaction, so the commands carrying the decisions go back to the job in
 the answer to that very report. Every decision is stored with its inputs, thresholds and reason.

@@ -1,4 +1,4 @@
-"""Per-job tactical policy: defaults (DESIGN.md section 6) and validation."""
+"""Job policy (per-job limits and the tactical policy's settings): defaults (docs/design.md, section 6), validation."""
 
 from __future__ import annotations
 

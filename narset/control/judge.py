@@ -1,4 +1,4 @@
-"""Gate verdicts (DESIGN.md section 5): telemetry measured by the worker judged against thresholds.
+"""Gate verdicts (docs/design.md, section 5): telemetry measured by the worker judged against thresholds.
 
 Pure functions. An unmeasured gate fails. G2's residual gain is computed here, from the probe-loss
 history Narset holds, because only Narset sees the pre-deploy trend.

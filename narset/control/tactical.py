@@ -1,4 +1,4 @@
-"""The optional automatic policy (DESIGN.md section 6): deploy a scaffold where it helps most.
+"""The optional automatic policy (docs/design.md, section 6): deploy a scaffold where it helps most.
 
 Signal: over the last `plateau_window` boundaries the loss (the job's reported `val_loss` metric
 when every report in the window has it, else the whole-model probe loss) improved by less than

@@ -1,4 +1,4 @@
-"""Gate measurement at boundaries (DESIGN.md section 5): what the worker reports for Narset to judge."""
+"""Gate measurement at boundaries (docs/design.md, section 5): what the worker reports for Narset to judge."""
 
 from __future__ import annotations
 
