@@ -11,7 +11,9 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 
 import grpc
+from grpc_status import rpc_status
 
+from narset.contract.reasons import read_reason
 from narset.v1 import command_pb2, job_pb2, operator_service_pb2_grpc, telemetry_pb2
 from narset.v1 import operator_service_pb2 as pb
 
@@ -27,16 +29,23 @@ def resolve_address(address: str | None) -> str:
 
 
 class NarsetError(Exception):
-    """A call Narset refused or could not answer; `code` is the gRPC status."""
+    """A call Narset refused or could not answer.
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    `code` is the gRPC status and `details` its message; a refusal also has `reason`, its stable code
+    (narset.contract.reasons), and `field`, the offending field. Both are "" for any other error.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, reason: str = "", field: str = "") -> None:
         self.code = code
         self.details = details
+        self.reason = reason
+        self.field = field
         super().__init__(f"{code.name}: {details}")
 
     @classmethod
     def from_rpc(cls, error: grpc.RpcError) -> NarsetError:
-        return cls(error.code(), error.details() or "")
+        reason, field = read_reason(rpc_status.from_call(error))
+        return cls(error.code(), error.details() or "", reason, field)
 
 
 class NarsetClient:

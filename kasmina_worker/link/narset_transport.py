@@ -12,6 +12,7 @@ from collections.abc import Callable
 import structlog
 
 from kasmina_worker.link.worker_link import LinkError, WorkerLink
+from narset.contract.reasons import JOB_NOT_FOUND, SESSION_SUPERSEDED
 from narset.v1 import command_pb2, telemetry_pb2, worker_service_pb2
 
 __all__ = ["NarsetTransport"]
@@ -19,6 +20,7 @@ __all__ = ["NarsetTransport"]
 log = structlog.get_logger("kasmina.narset")
 
 _ENDED = (telemetry_pb2.SCAFFOLD_STAGE_FUSED, telemetry_pb2.SCAFFOLD_STAGE_PRUNED)
+_REATTACH_REASONS = (SESSION_SUPERSEDED, JOB_NOT_FOUND)
 
 
 def _drop_non_finite(report: worker_service_pb2.ReportBoundaryRequest) -> None:
@@ -110,9 +112,8 @@ class NarsetTransport:
             try:
                 return self._link.call("ReportBoundary", report)
             except LinkError as error:
-                superseded = error.code == "FAILED_PRECONDITION" and error.details.startswith("report.session_id")
-                unknown = error.code == "NOT_FOUND" and error.details.startswith("report.job_id")
-                if attempt == 0 and (superseded or unknown):
+                # A newer attach took over, or Narset lost the job (fresh store): attach again, once.
+                if attempt == 0 and error.reason in _REATTACH_REASONS:
                     self.session_id = None
                     continue
                 raise

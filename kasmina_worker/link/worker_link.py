@@ -39,11 +39,17 @@ FRAME_MARGIN_S = 0.5  # the child's own deadline expires first, so its answer fr
 
 
 class LinkError(Exception):
-    """An exchange that did not succeed. `code` is a gRPC status name, or TIMEOUT / LINK_DOWN."""
+    """An exchange that did not succeed. `code` is a gRPC status name, or TIMEOUT / LINK_DOWN.
 
-    def __init__(self, code: str, details: str) -> None:
+    A refusal also carries `reason`, its stable code (narset.contract.reasons), and `field`; both are
+    "" otherwise. Decide on `reason`, never on `details`, whose wording may change.
+    """
+
+    def __init__(self, code: str, details: str, reason: str = "", field: str = "") -> None:
         self.code = code
         self.details = details
+        self.reason = reason
+        self.field = field
         super().__init__(f"{code}: {details}")
 
     @property
@@ -115,7 +121,7 @@ class WorkerLink:
         self._answered = True
         if status == _ERROR:
             problem = json.loads(payload)
-            raise LinkError(problem["code"], problem["details"])
+            raise LinkError(problem["code"], problem["details"], problem["reason"], problem["field"])
         return _RPCS[kind][2].FromString(payload)
 
     def _restart(self) -> None:
@@ -140,7 +146,9 @@ class WorkerLink:
 def _serve_link(address: str, timeout_s: float) -> None:
     """Child side: answer frames from stdin with Narset's responses on stdout until stdin closes."""
     import grpc
+    from grpc_status import rpc_status
 
+    from narset.contract.reasons import read_reason
     from narset.v1 import worker_service_pb2_grpc
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -160,7 +168,13 @@ def _serve_link(address: str, timeout_s: float) -> None:
                 response = getattr(stub, name)(request_type.FromString(payload), timeout=timeout_s, wait_for_ready=True)
                 _write_frame(stdout, _OK, response.SerializeToString())
             except grpc.RpcError as error:
-                problem = {"code": error.code().name, "details": error.details() or ""}
+                reason, field = read_reason(rpc_status.from_call(error))
+                problem = {
+                    "code": error.code().name,
+                    "details": error.details() or "",
+                    "reason": reason,
+                    "field": field,
+                }
                 _write_frame(stdout, _ERROR, json.dumps(problem).encode())
 
 

@@ -336,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_document(error: NarsetError) -> dict[str, str]:
+    """What `--json` prints on stdout for a failed call; `reason` and `field` are set for a refusal."""
+    return {"code": error.code.name, "reason": error.reason, "field": error.field, "message": error.details}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -349,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as error:
         parser.exit(EXIT_USAGE, f"narset {args.command}: error: {error}\n")
     except NarsetError as error:
+        if args.json:
+            render.emit_json({"error": _error_document(error)})
         if error.code in REFUSAL_CODES:
             print(f"narset: refused ({error.code.name}): {error.details}", file=sys.stderr)
             return EXIT_REFUSED

@@ -1,4 +1,4 @@
-"""The one error type Narset's logic raises: a refusal carrying its gRPC status and the bad field."""
+"""The one error type Narset's logic raises: a refusal carrying its reason code and the bad field(s)."""
 
 from __future__ import annotations
 
@@ -6,39 +6,54 @@ from collections.abc import Sequence
 
 import grpc
 
+from narset.contract import reasons
 from narset.contract.scaffold_policy import FieldError
 
-__all__ = ["Refusal"]
+__all__ = ["STATUS_OF_REASON", "Refusal"]
+
+# Each reason code always travels with the same gRPC status, so a caller may switch on either.
+STATUS_OF_REASON = {
+    reasons.INVALID_FIELD: grpc.StatusCode.INVALID_ARGUMENT,
+    reasons.BLUEPRINT_DOES_NOT_FIT: grpc.StatusCode.INVALID_ARGUMENT,
+    reasons.JOB_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    reasons.MODULE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    reasons.BLUEPRINT_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    reasons.REGION_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    reasons.SCAFFOLD_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    reasons.SESSION_SUPERSEDED: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.PROTOCOL_UNSUPPORTED: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.REGION_PROTECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.REGION_EMBARGOED: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.MODULE_OCCUPIED: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.SCAFFOLD_EXISTS: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.SCAFFOLD_PENDING: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.SCAFFOLD_ENDED: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.EXIT_IN_FLIGHT: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.EXTENSION_LIMIT: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.ROLLBACK_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.GATE_FAILING: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.BUDGET_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 class Refusal(Exception):
-    """A request Narset refuses; changes nothing. The message names the field and the reason."""
+    """A request Narset refuses; changes nothing.
 
-    def __init__(self, code: grpc.StatusCode, field: str, reason: str) -> None:
-        self.code = code
-        self.field = field
+    `reason` is the stable code (narset.contract.reasons), `field` the first bad field, `message` the
+    human explanation; `violations` lists every bad field (just `field` unless several were found).
+    """
+
+    def __init__(self, reason: str, field: str, message: str, violations: Sequence[FieldError] = ()) -> None:
+        self.status = STATUS_OF_REASON[reason]
         self.reason = reason
-        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.message = message
+        self.violations = tuple(violations) or (FieldError(field, message),)
+        super().__init__(f"{field}: {message}")
 
     @classmethod
-    def invalid(cls, field: str, reason: str) -> Refusal:
-        return cls(grpc.StatusCode.INVALID_ARGUMENT, field, reason)
-
-    @classmethod
-    def not_found(cls, field: str, reason: str) -> Refusal:
-        return cls(grpc.StatusCode.NOT_FOUND, field, reason)
-
-    @classmethod
-    def precondition(cls, field: str, reason: str) -> Refusal:
-        return cls(grpc.StatusCode.FAILED_PRECONDITION, field, reason)
-
-    @classmethod
-    def exhausted(cls, field: str, reason: str) -> Refusal:
-        return cls(grpc.StatusCode.RESOURCE_EXHAUSTED, field, reason)
-
-    @classmethod
-    def invalid_fields(cls, errors: Sequence[FieldError]) -> Refusal:
-        """INVALID_ARGUMENT naming the first bad field, with every other one listed after it."""
+    def of(cls, reason: str, errors: Sequence[FieldError]) -> Refusal:
+        """Naming the first bad field, with every other one listed after it."""
         first, *rest = errors
-        reason = "; ".join([first.reason, *(str(e) for e in rest)])
-        return cls.invalid(first.field, reason)
+        message = "; ".join([first.reason, *(str(e) for e in rest)])
+        return cls(reason, first.field, message, errors)

@@ -13,6 +13,7 @@ import uuid
 
 import structlog
 
+from narset.contract import reasons
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
 from narset.contract.stages import LIVE_STAGES
 from narset.control.decisions import DecisionEngine
@@ -34,14 +35,14 @@ _S = command_pb2
 
 def _require_finite(field: str, value: float) -> None:
     if not math.isfinite(value):
-        raise Refusal.invalid(field, f"must be finite, got {value}")
+        raise Refusal(reasons.INVALID_FIELD, field, f"must be finite, got {value}")
 
 
 def _check_report(request: worker_service_pb2.ReportBoundaryRequest) -> None:
     if request.boundary < 1:
-        raise Refusal.invalid("report.boundary", f"must be >= 1, got {request.boundary}")
+        raise Refusal(reasons.INVALID_FIELD, "report.boundary", f"must be >= 1, got {request.boundary}")
     if request.step < 0:
-        raise Refusal.invalid("report.step", f"must be >= 0, got {request.step}")
+        raise Refusal(reasons.INVALID_FIELD, "report.step", f"must be >= 0, got {request.step}")
     if request.HasField("probe_loss"):
         _require_finite("report.probe_loss", request.probe_loss)
     if request.HasField("step_time_ms"):
@@ -50,32 +51,33 @@ def _check_report(request: worker_service_pb2.ReportBoundaryRequest) -> None:
         _require_finite(f"report.metrics[{name}]", value)
     for i, scaffold in enumerate(request.scaffolds):
         if not scaffold.scaffold_id:
-            raise Refusal.invalid(f"report.scaffolds[{i}].scaffold_id", "is required")
+            raise Refusal(reasons.INVALID_FIELD, f"report.scaffolds[{i}].scaffold_id", "is required")
         _require_finite(f"report.scaffolds[{i}].alpha", scaffold.alpha)
         for descriptor, value in scaffold.gates.ListFields():
             if isinstance(value, float):
                 _require_finite(f"report.scaffolds[{i}].gates.{descriptor.name}", value)
     for i, result in enumerate(request.results):
         if not result.command_id:
-            raise Refusal.invalid(f"report.results[{i}].command_id", "is required")
+            raise Refusal(reasons.INVALID_FIELD, f"report.results[{i}].command_id", "is required")
 
 
 def _check_unique_names(field: str, kind: str, items) -> None:
     seen: set[str] = set()
     for i, item in enumerate(items):
         if not item.name:
-            raise Refusal.invalid(f"{field}[{i}].name", "is required")
+            raise Refusal(reasons.INVALID_FIELD, f"{field}[{i}].name", "is required")
         if item.name in seen:
-            raise Refusal.invalid(f"{field}[{i}].name", f"duplicate {kind} '{item.name}'")
+            raise Refusal(reasons.INVALID_FIELD, f"{field}[{i}].name", f"duplicate {kind} '{item.name}'")
         seen.add(item.name)
 
 
 def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
     check_identifier("attach.job_id", request.job_id)
     if request.world_size < 1:
-        raise Refusal.invalid("attach.world_size", f"must be >= 1, got {request.world_size}")
+        raise Refusal(reasons.INVALID_FIELD, "attach.world_size", f"must be >= 1, got {request.world_size}")
     if request.capabilities.protocol_version > PROTOCOL_VERSION:
-        raise Refusal.precondition(
+        raise Refusal(
+            reasons.PROTOCOL_UNSUPPORTED,
             "attach.capabilities.protocol_version",
             f"worker speaks protocol {request.capabilities.protocol_version}, this Narset {PROTOCOL_VERSION}",
         )
@@ -83,17 +85,23 @@ def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
     builtin = {b.name for b in BUILTIN_BLUEPRINTS}
     for i, blueprint in enumerate(request.blueprints):
         if not blueprint.name or blueprint.name in builtin:
-            raise Refusal.invalid(
-                f"attach.blueprints[{i}].name", f"must name a blueprint that is not built in, got {blueprint.name!r}"
+            raise Refusal(
+                reasons.INVALID_FIELD,
+                f"attach.blueprints[{i}].name",
+                f"must name a blueprint that is not built in, got {blueprint.name!r}",
             )
         if not blueprint.host_types:
-            raise Refusal.invalid(
-                f"attach.blueprints[{i}].host_types", f"blueprint '{blueprint.name}' needs a host type"
+            raise Refusal(
+                reasons.INVALID_FIELD,
+                f"attach.blueprints[{i}].host_types",
+                f"blueprint '{blueprint.name}' needs a host type",
             )
     _check_unique_names("attach.regions", "region", request.regions)
     for i, region in enumerate(request.regions):
         if not region.patterns:
-            raise Refusal.invalid(f"attach.regions[{i}].patterns", f"region '{region.name}' needs a pattern")
+            raise Refusal(
+                reasons.INVALID_FIELD, f"attach.regions[{i}].patterns", f"region '{region.name}' needs a pattern"
+            )
 
 
 class Exchange:
@@ -108,10 +116,12 @@ class Exchange:
     def _session_job(self, job_id: str, session_id: str, field: str) -> job_pb2.Job:
         job = self._store.get_job(job_id)
         if job is None:
-            raise Refusal.not_found(f"{field}.job_id", f"no job '{job_id}'; attach first")
+            raise Refusal(reasons.JOB_NOT_FOUND, f"{field}.job_id", f"no job '{job_id}'; attach first")
         if job.session_id != session_id:
-            raise Refusal.precondition(
-                f"{field}.session_id", f"session '{session_id}' of job '{job_id}' was superseded; attach again"
+            raise Refusal(
+                reasons.SESSION_SUPERSEDED,
+                f"{field}.session_id",
+                f"session '{session_id}' of job '{job_id}' was superseded; attach again",
             )
         return job
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from narset.contract import reasons
 from narset.control.errors import Refusal
 from narset.v1 import job_pb2
 
@@ -41,16 +42,19 @@ def validate_job_policy(policy: job_pb2.JobPolicy, blueprint_names: set[str]) ->
     ):
         value = getattr(policy, name)
         if value < 0:
-            raise Refusal.invalid(f"policy.{name}", f"must be >= 0, got {value}")
+            raise Refusal(reasons.INVALID_FIELD, f"policy.{name}", f"must be >= 0, got {value}")
     auto = policy.auto
     if auto.enabled and auto.blueprint not in blueprint_names:
-        raise Refusal.invalid(
+        raise Refusal(
+            reasons.INVALID_FIELD,
             "policy.auto.blueprint",
             f"unknown blueprint '{auto.blueprint}' (known: {', '.join(sorted(blueprint_names))})",
         )
     if auto.enabled and auto.plateau_window < 1:
-        raise Refusal.invalid("policy.auto.plateau_window", f"must be >= 1, got {auto.plateau_window}")
+        raise Refusal(reasons.INVALID_FIELD, "policy.auto.plateau_window", f"must be >= 1, got {auto.plateau_window}")
     if not (math.isfinite(auto.plateau_rel_delta) and auto.plateau_rel_delta >= 0):
-        raise Refusal.invalid(
-            "policy.auto.plateau_rel_delta", f"must be a finite number >= 0, got {auto.plateau_rel_delta}"
+        raise Refusal(
+            reasons.INVALID_FIELD,
+            "policy.auto.plateau_rel_delta",
+            f"must be a finite number >= 0, got {auto.plateau_rel_delta}",
         )

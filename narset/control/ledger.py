@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 
+from narset.contract import reasons
 from narset.contract.catalogue import blueprint_fit_errors, region_for_module
 from narset.contract.scaffold_policy import effective_policy, policy_errors
 from narset.contract.stages import LIVE_STAGES, stage_name
@@ -45,8 +46,10 @@ def new_command_id() -> str:
 
 def check_identifier(field: str, value: str) -> None:
     if not _ID_PATTERN.match(value):
-        raise Refusal.invalid(
-            field, f"must be 1-128 characters of letters, digits and . _ : @ / - (starting alphanumeric), got {value!r}"
+        raise Refusal(
+            reasons.INVALID_FIELD,
+            field,
+            f"must be 1-128 characters of letters, digits and . _ : @ / - (starting alphanumeric), got {value!r}",
         )
 
 
@@ -65,13 +68,15 @@ class CommandLedger:
             if existing is not None:
                 return existing, True
         if not command.job_id:
-            raise Refusal.invalid("command.job_id", "is required")
+            raise Refusal(reasons.INVALID_FIELD, "command.job_id", "is required")
         job = self._store.get_job(command.job_id)
         if job is None:
-            raise Refusal.not_found("command.job_id", f"no job '{command.job_id}' has attached to this Narset")
+            raise Refusal(
+                reasons.JOB_NOT_FOUND, "command.job_id", f"no job '{command.job_id}' has attached to this Narset"
+            )
         action = command.WhichOneof("action")
         if action is None:
-            raise Refusal.invalid("command.action", f"one of {', '.join(ACTIONS)} is required")
+            raise Refusal(reasons.INVALID_FIELD, "command.action", f"one of {', '.join(ACTIONS)} is required")
 
         record = command_pb2.CommandRecord(state=command_pb2.COMMAND_STATE_PENDING)
         record.command.CopyFrom(command)
@@ -115,46 +120,57 @@ class CommandLedger:
     def _check_deploy(self, job: job_pb2.Job, cmd: command_pb2.AdaptationCommand) -> job_pb2.Scaffold:
         deploy = cmd.deploy
         if not deploy.module:
-            raise Refusal.invalid("deploy.module", "is required")
+            raise Refusal(reasons.INVALID_FIELD, "deploy.module", "is required")
         module = self._store.get_module(job.job_id, deploy.module)
         if module is None:
-            raise Refusal.not_found("deploy.module", f"job '{job.job_id}' has no module '{deploy.module}'")
+            raise Refusal(
+                reasons.MODULE_NOT_FOUND, "deploy.module", f"job '{job.job_id}' has no module '{deploy.module}'"
+            )
         if not deploy.blueprint:
-            raise Refusal.invalid("deploy.blueprint", "is required")
+            raise Refusal(reasons.INVALID_FIELD, "deploy.blueprint", "is required")
         blueprint = self._store.get_blueprint(deploy.blueprint)
         if blueprint is None:
             known = ", ".join(b.name for b in self._store.list_blueprints())
-            raise Refusal.not_found("deploy.blueprint", f"no blueprint '{deploy.blueprint}' (known: {known})")
+            raise Refusal(
+                reasons.BLUEPRINT_NOT_FOUND, "deploy.blueprint", f"no blueprint '{deploy.blueprint}' (known: {known})"
+            )
         fit = blueprint_fit_errors(blueprint, module, dict(deploy.blueprint_params))
         if fit:
-            raise Refusal.invalid_fields(fit)
+            raise Refusal.of(reasons.BLUEPRINT_DOES_NOT_FIT, fit)
         if deploy.HasField("learning_rate") and not (math.isfinite(deploy.learning_rate) and deploy.learning_rate > 0):
-            raise Refusal.invalid("deploy.learning_rate", f"must be a finite number > 0, got {deploy.learning_rate}")
+            raise Refusal(
+                reasons.INVALID_FIELD,
+                "deploy.learning_rate",
+                f"must be a finite number > 0, got {deploy.learning_rate}",
+            )
         policy = effective_policy(blueprint, deploy.policy)
         errors = policy_errors(policy, prefix="deploy.policy")
         if errors:
-            raise Refusal.invalid_fields(errors)
+            raise Refusal.of(reasons.INVALID_FIELD, errors)
 
         job_policy = job_policy_of(self._store, job.job_id)
         region = self._check_region(job, deploy, job_policy)
         self._check_embargo(job, region)
         occupant = self._store.occupying_scaffold(job.job_id, deploy.module)
         if occupant is not None:
-            raise Refusal.precondition(
+            raise Refusal(
+                reasons.MODULE_OCCUPIED,
                 "deploy.module",
                 f"module '{deploy.module}' already carries scaffold '{occupant.scaffold_id}' "
                 f"({stage_name(occupant.stage)}); fold or prune it first",
             )
         live = self._store.live_scaffolds(job.job_id)
         if len(live) >= job_policy.max_live_scaffolds:
-            raise Refusal.exhausted(
+            raise Refusal(
+                reasons.BUDGET_EXCEEDED,
                 "deploy",
                 f"job '{job.job_id}' has {len(live)} live scaffold(s); its policy allows "
                 f"max_live_scaffolds={job_policy.max_live_scaffolds}",
             )
         in_region = [s for s in live if s.region == region]
         if len(in_region) >= job_policy.max_scaffolds_per_region:
-            raise Refusal.exhausted(
+            raise Refusal(
+                reasons.BUDGET_EXCEEDED,
                 "deploy.region",
                 f"region '{region}' has {len(in_region)} live scaffold(s) "
                 f"({', '.join(s.scaffold_id for s in in_region)}); its policy allows "
@@ -163,7 +179,9 @@ class CommandLedger:
         scaffold_id = deploy.scaffold_id or cmd.command_id
         check_identifier("deploy.scaffold_id", scaffold_id)
         if self._store.get_scaffold(job.job_id, scaffold_id) is not None:
-            raise Refusal.precondition("deploy.scaffold_id", f"scaffold '{scaffold_id}' already exists in job")
+            raise Refusal(
+                reasons.SCAFFOLD_EXISTS, "deploy.scaffold_id", f"scaffold '{scaffold_id}' already exists in job"
+            )
         deploy.scaffold_id = scaffold_id
         deploy.region = region
         return job_pb2.Scaffold(
@@ -184,11 +202,14 @@ class CommandLedger:
         if deploy.region:
             region = regions.get(deploy.region)
             if region is None:
-                raise Refusal.not_found(
-                    "deploy.region", f"job '{job.job_id}' has no region '{deploy.region}' (known: {', '.join(regions)})"
+                raise Refusal(
+                    reasons.REGION_NOT_FOUND,
+                    "deploy.region",
+                    f"job '{job.job_id}' has no region '{deploy.region}' (known: {', '.join(regions)})",
                 )
             if region_for_module([region], deploy.module) is None:
-                raise Refusal.invalid(
+                raise Refusal(
+                    reasons.INVALID_FIELD,
                     "deploy.region",
                     f"module '{deploy.module}' does not match region '{region.name}' patterns {list(region.patterns)}",
                 )
@@ -196,13 +217,16 @@ class CommandLedger:
         else:
             name = region_for_module(job.regions, deploy.module) or deploy.module
         if (name in regions and regions[name].protected) or name in job_policy.protected_regions:
-            raise Refusal.precondition("deploy.region", f"region '{name}' is protected and accepts no deploy")
+            raise Refusal(
+                reasons.REGION_PROTECTED, "deploy.region", f"region '{name}' is protected and accepts no deploy"
+            )
         return name
 
     def _check_embargo(self, job: job_pb2.Job, region: str) -> None:
         for embargo in self._store.list_embargoes(job.job_id):
             if embargo.region == region and job.last_boundary < embargo.until_boundary:
-                raise Refusal.precondition(
+                raise Refusal(
+                    reasons.REGION_EMBARGOED,
                     "deploy.region",
                     f"region '{region}' is under embargo until boundary {embargo.until_boundary} "
                     f"after {embargo.failures} failed scaffold(s); the job is at boundary {job.last_boundary}",
@@ -219,11 +243,14 @@ class CommandLedger:
             self._check_rollback(job, scaffold)
             return scaffold
         if scaffold.stage not in LIVE_STAGES:
-            raise Refusal.precondition(
-                f"{action}.scaffold", f"scaffold '{scaffold.scaffold_id}' has ended ({stage_name(scaffold.stage)})"
+            raise Refusal(
+                reasons.SCAFFOLD_ENDED,
+                f"{action}.scaffold",
+                f"scaffold '{scaffold.scaffold_id}' has ended ({stage_name(scaffold.stage)})",
             )
         if scaffold.stage == telemetry_pb2.SCAFFOLD_STAGE_PENDING:
-            raise Refusal.precondition(
+            raise Refusal(
+                reasons.SCAFFOLD_PENDING,
                 f"{action}.scaffold",
                 f"scaffold '{scaffold.scaffold_id}' is still PENDING: its deploy has not been applied yet",
             )
@@ -233,7 +260,8 @@ class CommandLedger:
                     "fold",
                     "prune",
                 ):
-                    raise Refusal.precondition(
+                    raise Refusal(
+                        reasons.EXIT_IN_FLIGHT,
                         f"{action}.scaffold",
                         f"scaffold '{scaffold.scaffold_id}' already has an exit in flight: "
                         f"{other.command.WhichOneof('action')} '{other.command.command_id}'",
@@ -250,7 +278,8 @@ class CommandLedger:
         judgement = judge_scaffold(self._store, scaffold, probe_loss)
         failing = [*judgement.flags, *judgement.hard_failures, *judgement.soft_failures]
         if action == "fold" and failing and not force:
-            raise Refusal.precondition(
+            raise Refusal(
+                reasons.GATE_FAILING,
                 "fold.force",
                 f"gate(s) {', '.join(failing)} fail or are unmeasured for scaffold '{scaffold.scaffold_id}'; "
                 f"fold with force to override (the override is recorded)",
@@ -277,16 +306,22 @@ class CommandLedger:
     def _resolve(self, job: job_pb2.Job, action: str, ref: command_pb2.ScaffoldRef) -> job_pb2.Scaffold:
         which = ref.WhichOneof("ref")
         if which is None:
-            raise Refusal.invalid(f"{action}.scaffold", "scaffold_id or module is required")
+            raise Refusal(reasons.INVALID_FIELD, f"{action}.scaffold", "scaffold_id or module is required")
         if which == "scaffold_id":
             scaffold = self._store.get_scaffold(job.job_id, ref.scaffold_id)
             if scaffold is None:
-                raise Refusal.not_found(
-                    f"{action}.scaffold.scaffold_id", f"job '{job.job_id}' has no scaffold '{ref.scaffold_id}'"
+                raise Refusal(
+                    reasons.SCAFFOLD_NOT_FOUND,
+                    f"{action}.scaffold.scaffold_id",
+                    f"job '{job.job_id}' has no scaffold '{ref.scaffold_id}'",
                 )
             return scaffold
         if self._store.get_module(job.job_id, ref.module) is None:
-            raise Refusal.not_found(f"{action}.scaffold.module", f"job '{job.job_id}' has no module '{ref.module}'")
+            raise Refusal(
+                reasons.MODULE_NOT_FOUND,
+                f"{action}.scaffold.module",
+                f"job '{job.job_id}' has no module '{ref.module}'",
+            )
         if action == "rollback":
             fused = [
                 s
@@ -294,34 +329,43 @@ class CommandLedger:
                 if s.module == ref.module
             ]
             if not fused:
-                raise Refusal.not_found("rollback.scaffold.module", f"no fused scaffold on module '{ref.module}'")
+                raise Refusal(
+                    reasons.SCAFFOLD_NOT_FOUND,
+                    "rollback.scaffold.module",
+                    f"no fused scaffold on module '{ref.module}'",
+                )
             return fused[-1]
         scaffold = self._store.occupying_scaffold(job.job_id, ref.module)
         if scaffold is None:
-            raise Refusal.not_found(f"{action}.scaffold.module", f"no live scaffold on module '{ref.module}'")
+            raise Refusal(
+                reasons.SCAFFOLD_NOT_FOUND, f"{action}.scaffold.module", f"no live scaffold on module '{ref.module}'"
+            )
         return scaffold
 
     def _check_persist(self, scaffold: job_pb2.Scaffold, persist: command_pb2.PersistAction) -> None:
         extra = persist.extra_ckpts if persist.HasField("extra_ckpts") else DEFAULT_EXTRA_CKPTS
         if extra < 1:
-            raise Refusal.invalid("persist.extra_ckpts", f"must be >= 1, got {extra}")
+            raise Refusal(reasons.INVALID_FIELD, "persist.extra_ckpts", f"must be >= 1, got {extra}")
         persist.extra_ckpts = extra
         if scaffold.extensions >= MAX_EXTENSIONS:
-            raise Refusal.precondition(
+            raise Refusal(
+                reasons.EXTENSION_LIMIT,
                 "persist.scaffold",
                 f"scaffold '{scaffold.scaffold_id}' was already extended {scaffold.extensions} times "
                 f"(at most {MAX_EXTENSIONS})",
             )
         limit = 2 * scaffold.policy.ttl_ckpts
         if scaffold.ttl_ckpts + extra > limit:
-            raise Refusal.precondition(
+            raise Refusal(
+                reasons.EXTENSION_LIMIT,
                 "persist.extra_ckpts",
                 f"TTL {scaffold.ttl_ckpts} + {extra} would exceed 2x the original TTL ({limit})",
             )
 
     def _check_rollback(self, job: job_pb2.Job, scaffold: job_pb2.Scaffold) -> None:
         if scaffold.stage != telemetry_pb2.SCAFFOLD_STAGE_FUSED:
-            raise Refusal.precondition(
+            raise Refusal(
+                reasons.ROLLBACK_UNAVAILABLE,
                 "rollback.scaffold",
                 f"scaffold '{scaffold.scaffold_id}' is {stage_name(scaffold.stage)}; only a fused scaffold "
                 f"can be rolled back",
@@ -333,7 +377,8 @@ class CommandLedger:
         ]
         recent = folds[-ROLLBACK_DEPTH:]
         if scaffold.scaffold_id not in recent:
-            raise Refusal.precondition(
+            raise Refusal(
+                reasons.ROLLBACK_UNAVAILABLE,
                 "rollback.scaffold",
                 f"scaffold '{scaffold.scaffold_id}' is not among the last {ROLLBACK_DEPTH} folds of job "
                 f"'{job.job_id}', whose pre-fold tensors are kept",

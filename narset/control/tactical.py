@@ -98,7 +98,13 @@ class TacticalPolicy:
         try:
             record, _ = self._ledger.submit(command)
         except Refusal as refusal:
-            log.info("tactical.refused", job_id=job.job_id, boundary=request.boundary, message=str(refusal))
+            log.info(
+                "tactical.refused",
+                job_id=job.job_id,
+                boundary=request.boundary,
+                reason=refusal.reason,
+                message=str(refusal),
+            )
             return None
         decision = telemetry_pb2.Decision(
             decision_id=command.command_id,

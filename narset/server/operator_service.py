@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from narset.contract import reasons
 from narset.contract.stages import OCCUPYING_STAGES
 from narset.control.errors import Refusal
 from narset.control.events import EventHub
 from narset.control.job_policy import job_policy_of, validate_job_policy
 from narset.control.ledger import CommandLedger
-from narset.server._refusals import refusals_as_status
+from narset.server._refusals import abort_refused, refusals_as_status
 from narset.store import Store
 from narset.v1 import job_pb2, operator_service_pb2_grpc
 from narset.v1 import operator_service_pb2 as pb
@@ -27,10 +28,10 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
 
     def _job(self, job_id: str) -> job_pb2.Job:
         if not job_id:
-            raise Refusal.invalid("job_id", "is required")
+            raise Refusal(reasons.INVALID_FIELD, "job_id", "is required")
         job = self._store.get_job(job_id)
         if job is None:
-            raise Refusal.not_found("job_id", f"no job '{job_id}'")
+            raise Refusal(reasons.JOB_NOT_FOUND, "job_id", f"no job '{job_id}'")
         return job
 
     @refusals_as_status
@@ -79,7 +80,9 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
         job = self._job(request.job_id)
         scaffold = self._store.get_scaffold(job.job_id, request.scaffold_id)
         if scaffold is None:
-            raise Refusal.not_found("scaffold_id", f"job '{job.job_id}' has no scaffold '{request.scaffold_id}'")
+            raise Refusal(
+                reasons.SCAFFOLD_NOT_FOUND, "scaffold_id", f"job '{job.job_id}' has no scaffold '{request.scaffold_id}'"
+            )
         scaffold.history.extend(self._store.scaffold_history(job.job_id, scaffold.scaffold_id))
         return pb.GetScaffoldResponse(scaffold=scaffold)
 
@@ -118,11 +121,15 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchEventsResponse]:
-        if request.job_id and self._store.get_job(request.job_id) is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"job_id: no job '{request.job_id}'")
-        if request.after_sequence < 0:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"after_sequence: must be >= 0, got {request.after_sequence}"
-            )
+        try:
+            self._check_watch(request)
+        except Refusal as refusal:
+            await abort_refused(context, "WatchEvents", refusal)
         async for event in self._events.watch(request.job_id, request.after_sequence, request.follow):
             yield pb.WatchEventsResponse(event=event)
+
+    def _check_watch(self, request: pb.WatchEventsRequest) -> None:
+        if request.job_id:
+            self._job(request.job_id)
+        if request.after_sequence < 0:
+            raise Refusal(reasons.INVALID_FIELD, "after_sequence", f"must be >= 0, got {request.after_sequence}")

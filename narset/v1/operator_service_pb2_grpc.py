@@ -27,6 +27,36 @@ if _version_not_supported:
 
 class OperatorServiceStub:
     """The operator-facing side of Narset, used by the `narset` CLI and the Python client.
+
+    Errors. A refusal changes nothing and ends the call with a gRPC status code and the message
+    "<field>: <why>", written for people (its wording may change). Its status details
+    (grpc-status-details-bin; grpcio-status `rpc_status.from_call` reads them) carry:
+    - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
+    - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
+    Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
+    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+
+    Reasons given here:
+    - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, out of range or inconsistent.
+    - BLUEPRINT_DOES_NOT_FIT (INVALID_ARGUMENT): the blueprint cannot be built on the module with these
+    parameters (host type, traits, feature sizes, parameter ranges).
+    - JOB_NOT_FOUND (NOT_FOUND): no such job has attached.
+    - MODULE_NOT_FOUND (NOT_FOUND): the job has no such module.
+    - BLUEPRINT_NOT_FOUND (NOT_FOUND): no such blueprint in the catalogue.
+    - REGION_NOT_FOUND (NOT_FOUND): the job has no such region.
+    - SCAFFOLD_NOT_FOUND (NOT_FOUND): no such scaffold, or none live (fused, for rollback) on the module.
+    - REGION_PROTECTED (FAILED_PRECONDITION): the region accepts no deploy (the job or its policy protects it).
+    - REGION_EMBARGOED (FAILED_PRECONDITION): the region is under embargo after failed scaffolds.
+    - MODULE_OCCUPIED (FAILED_PRECONDITION): the module already carries a scaffold.
+    - SCAFFOLD_EXISTS (FAILED_PRECONDITION): the job already has a scaffold with this id.
+    - SCAFFOLD_PENDING (FAILED_PRECONDITION): the scaffold's deploy is not applied yet; retry later.
+    - SCAFFOLD_ENDED (FAILED_PRECONDITION): the scaffold was fused or pruned.
+    - EXIT_IN_FLIGHT (FAILED_PRECONDITION): a fold or prune of the scaffold is already in flight.
+    - EXTENSION_LIMIT (FAILED_PRECONDITION): a persist beyond the allowed extensions or 2x the TTL.
+    - ROLLBACK_UNAVAILABLE (FAILED_PRECONDITION): not fused, or older than the folds kept for rollback.
+    - GATE_FAILING (FAILED_PRECONDITION): a fold against a failing or unmeasured gate, without force.
+    - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
     """
 
     def __init__(self, channel):
@@ -99,6 +129,36 @@ class OperatorServiceStub:
 
 class OperatorServiceServicer:
     """The operator-facing side of Narset, used by the `narset` CLI and the Python client.
+
+    Errors. A refusal changes nothing and ends the call with a gRPC status code and the message
+    "<field>: <why>", written for people (its wording may change). Its status details
+    (grpc-status-details-bin; grpcio-status `rpc_status.from_call` reads them) carry:
+    - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
+    - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
+    Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
+    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+
+    Reasons given here:
+    - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, out of range or inconsistent.
+    - BLUEPRINT_DOES_NOT_FIT (INVALID_ARGUMENT): the blueprint cannot be built on the module with these
+    parameters (host type, traits, feature sizes, parameter ranges).
+    - JOB_NOT_FOUND (NOT_FOUND): no such job has attached.
+    - MODULE_NOT_FOUND (NOT_FOUND): the job has no such module.
+    - BLUEPRINT_NOT_FOUND (NOT_FOUND): no such blueprint in the catalogue.
+    - REGION_NOT_FOUND (NOT_FOUND): the job has no such region.
+    - SCAFFOLD_NOT_FOUND (NOT_FOUND): no such scaffold, or none live (fused, for rollback) on the module.
+    - REGION_PROTECTED (FAILED_PRECONDITION): the region accepts no deploy (the job or its policy protects it).
+    - REGION_EMBARGOED (FAILED_PRECONDITION): the region is under embargo after failed scaffolds.
+    - MODULE_OCCUPIED (FAILED_PRECONDITION): the module already carries a scaffold.
+    - SCAFFOLD_EXISTS (FAILED_PRECONDITION): the job already has a scaffold with this id.
+    - SCAFFOLD_PENDING (FAILED_PRECONDITION): the scaffold's deploy is not applied yet; retry later.
+    - SCAFFOLD_ENDED (FAILED_PRECONDITION): the scaffold was fused or pruned.
+    - EXIT_IN_FLIGHT (FAILED_PRECONDITION): a fold or prune of the scaffold is already in flight.
+    - EXTENSION_LIMIT (FAILED_PRECONDITION): a persist beyond the allowed extensions or 2x the TTL.
+    - ROLLBACK_UNAVAILABLE (FAILED_PRECONDITION): not fused, or older than the folds kept for rollback.
+    - GATE_FAILING (FAILED_PRECONDITION): a fold against a failing or unmeasured gate, without force.
+    - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
     """
 
     def ListJobs(self, request, context):
@@ -248,6 +308,36 @@ def add_OperatorServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class OperatorService:
     """The operator-facing side of Narset, used by the `narset` CLI and the Python client.
+
+    Errors. A refusal changes nothing and ends the call with a gRPC status code and the message
+    "<field>: <why>", written for people (its wording may change). Its status details
+    (grpc-status-details-bin; grpcio-status `rpc_status.from_call` reads them) carry:
+    - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
+    - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
+    Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
+    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+
+    Reasons given here:
+    - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, out of range or inconsistent.
+    - BLUEPRINT_DOES_NOT_FIT (INVALID_ARGUMENT): the blueprint cannot be built on the module with these
+    parameters (host type, traits, feature sizes, parameter ranges).
+    - JOB_NOT_FOUND (NOT_FOUND): no such job has attached.
+    - MODULE_NOT_FOUND (NOT_FOUND): the job has no such module.
+    - BLUEPRINT_NOT_FOUND (NOT_FOUND): no such blueprint in the catalogue.
+    - REGION_NOT_FOUND (NOT_FOUND): the job has no such region.
+    - SCAFFOLD_NOT_FOUND (NOT_FOUND): no such scaffold, or none live (fused, for rollback) on the module.
+    - REGION_PROTECTED (FAILED_PRECONDITION): the region accepts no deploy (the job or its policy protects it).
+    - REGION_EMBARGOED (FAILED_PRECONDITION): the region is under embargo after failed scaffolds.
+    - MODULE_OCCUPIED (FAILED_PRECONDITION): the module already carries a scaffold.
+    - SCAFFOLD_EXISTS (FAILED_PRECONDITION): the job already has a scaffold with this id.
+    - SCAFFOLD_PENDING (FAILED_PRECONDITION): the scaffold's deploy is not applied yet; retry later.
+    - SCAFFOLD_ENDED (FAILED_PRECONDITION): the scaffold was fused or pruned.
+    - EXIT_IN_FLIGHT (FAILED_PRECONDITION): a fold or prune of the scaffold is already in flight.
+    - EXTENSION_LIMIT (FAILED_PRECONDITION): a persist beyond the allowed extensions or 2x the TTL.
+    - ROLLBACK_UNAVAILABLE (FAILED_PRECONDITION): not fused, or older than the folds kept for rollback.
+    - GATE_FAILING (FAILED_PRECONDITION): a fold against a failing or unmeasured gate, without force.
+    - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
     """
 
     @staticmethod

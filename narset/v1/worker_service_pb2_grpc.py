@@ -27,6 +27,21 @@ if _version_not_supported:
 
 class WorkerServiceStub:
     """The job-facing side of Narset. Rank 0 of a job calls it, and only at checkpoint boundaries.
+
+    Errors. A refusal changes nothing and ends the call with a gRPC status code and the message
+    "<field>: <why>", written for people (its wording may change). Its status details
+    (grpc-status-details-bin; grpcio-status `rpc_status.from_call` reads them) carry:
+    - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
+    - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
+    Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
+    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+
+    Reasons given here (every code: narset/contract/reasons.py and operator_service.proto):
+    - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, non-finite or out of range.
+    - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
+    - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
+    - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
     """
 
     def __init__(self, channel):
@@ -54,6 +69,21 @@ class WorkerServiceStub:
 
 class WorkerServiceServicer:
     """The job-facing side of Narset. Rank 0 of a job calls it, and only at checkpoint boundaries.
+
+    Errors. A refusal changes nothing and ends the call with a gRPC status code and the message
+    "<field>: <why>", written for people (its wording may change). Its status details
+    (grpc-status-details-bin; grpcio-status `rpc_status.from_call` reads them) carry:
+    - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
+    - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
+    Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
+    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+
+    Reasons given here (every code: narset/contract/reasons.py and operator_service.proto):
+    - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, non-finite or out of range.
+    - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
+    - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
+    - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
     """
 
     def Attach(self, request, context):
@@ -105,6 +135,21 @@ def add_WorkerServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class WorkerService:
     """The job-facing side of Narset. Rank 0 of a job calls it, and only at checkpoint boundaries.
+
+    Errors. A refusal changes nothing and ends the call with a gRPC status code and the message
+    "<field>: <why>", written for people (its wording may change). Its status details
+    (grpc-status-details-bin; grpcio-status `rpc_status.from_call` reads them) carry:
+    - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
+    - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
+    Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
+    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+
+    Reasons given here (every code: narset/contract/reasons.py and operator_service.proto):
+    - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, non-finite or out of range.
+    - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
+    - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
+    - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
     """
 
     @staticmethod

@@ -12,7 +12,7 @@ from narset_testing import ServerThread, attach_request
 
 from narset.client import NarsetClient
 from narset.server.logs import configure_logging
-from narset.v1 import worker_service_pb2, worker_service_pb2_grpc
+from narset.v1 import operator_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
 
 # Server logs go to stderr, as in `narset serve`, so stdout holds only what the CLI prints.
 configure_logging("info", "console")
@@ -40,6 +40,14 @@ def client(server: ServerThread) -> Iterator[NarsetClient]:
 def worker_stub(server: ServerThread) -> Iterator[worker_service_pb2_grpc.WorkerServiceStub]:
     channel = grpc.insecure_channel(server.address)
     yield worker_service_pb2_grpc.WorkerServiceStub(channel)
+    channel.close()
+
+
+@pytest.fixture
+def operator_stub(server: ServerThread) -> Iterator[operator_service_pb2_grpc.OperatorServiceStub]:
+    """The raw operator stub, for what the client does not surface (a refusal's full status details)."""
+    channel = grpc.insecure_channel(server.address)
+    yield operator_service_pb2_grpc.OperatorServiceStub(channel)
     channel.close()
 
 

@@ -6,11 +6,15 @@ import asyncio
 import threading
 from pathlib import Path
 
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
 from narset.server import NarsetServer
 from narset.server.settings import ServerSettings
 from narset.v1 import command_pb2, job_pb2, worker_service_pb2
 
-__all__ = ["MODULES", "REGIONS", "ServerThread", "attach_request", "deploy", "linear"]
+__all__ = ["MODULES", "REGIONS", "ServerThread", "assert_refusal", "attach_request", "deploy", "linear"]
 
 
 class ServerThread:
@@ -102,3 +106,19 @@ def deploy(
         else:
             setattr(command.deploy, name, value)
     return command
+
+
+def assert_refusal(
+    error: grpc.RpcError, code: grpc.StatusCode, reason: str, field: str
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """`error` is a Narset refusal of `field` for `reason`: the status code, the "field: ..." message, the
+    ErrorInfo, and a BadRequest whose first violation is `field`. Returns every violation."""
+    info, bad_request = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    [info_detail, bad_request_detail] = rpc_status.from_call(error).details
+    assert info_detail.Unpack(info) and bad_request_detail.Unpack(bad_request)
+    assert error.code() == code, error.details()
+    assert (info.reason, info.domain, dict(info.metadata)) == (reason, "narset", {"field": field})
+    first = bad_request.field_violations[0]
+    assert first.field == field
+    assert error.details().startswith(f"{field}: {first.description}"), error.details()
+    return list(bad_request.field_violations)

@@ -10,6 +10,7 @@ from narset_testing import attach_request, deploy
 
 from narset.cli import main
 from narset.client import NarsetError
+from narset.contract import reasons
 from narset.contract.scaffold_policy import DEFAULT_GATES
 from narset.control.judge import judge, residual_gain, trend_slope
 from narset.control.tactical import loss_signal
@@ -166,6 +167,7 @@ def test_safety_flag_prunes_at_once_and_embargoes_region(job, client):
             client.submit(retry)
         assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert refused.value.details.startswith("deploy.region: region 'encoder' is under embargo")
+        assert (refused.value.reason, refused.value.field) == (reasons.REGION_EMBARGOED, "deploy.region")
         job.report(0.8)
     assert client.submit(retry).record.state == command_pb2.COMMAND_STATE_PENDING
 
@@ -228,6 +230,9 @@ def test_hand_fold_against_failing_gate_needs_force(server, job, client, capsys)
     base = ["fold", "run-7", "--module", "encoder.fc1", "--server", server.address]
     assert main(base) == 3
     assert "fold.force: gate(s) " in capsys.readouterr().err
+    assert main([*base, "--json"]) == 3
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert (error["reason"], error["field"]) == (reasons.GATE_FAILING, "fold.force")
     assert main([*base, "--force", "--reason", "deadline"]) == 0
     capsys.readouterr()
     [decision] = client.list_decisions("run-7")

@@ -6,9 +6,11 @@ import threading
 
 import grpc
 import pytest
-from narset_testing import attach_request, deploy
+from grpc_status import rpc_status
+from narset_testing import assert_refusal, attach_request, deploy
 
 from narset.cli import main
+from narset.contract import reasons
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
 
 APPLIED = telemetry_pb2.COMMAND_OUTCOME_APPLIED
@@ -125,6 +127,7 @@ def test_reattach_reconciles_restored_state(client, worker_stub, attached):
         worker_stub.ReportBoundary(report(attached, 4))
     assert stale.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert stale.value.details().startswith("report.session_id:")
+    assert_refusal(stale.value, grpc.StatusCode.FAILED_PRECONDITION, reasons.SESSION_SUPERSEDED, "report.session_id")
     resumed = worker_stub.ReportBoundary(
         worker_service_pb2.ReportBoundaryRequest(job_id="run-7", session_id=again.session_id, boundary=1, step=100)
     )
@@ -157,17 +160,20 @@ def test_bad_report_is_refused_and_changes_nothing(client, worker_stub, attached
         worker_stub.ReportBoundary(request)
     assert refused.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
     assert refused.value.details().startswith(field + ":"), refused.value.details()
+    assert_refusal(refused.value, grpc.StatusCode.INVALID_ARGUMENT, reasons.INVALID_FIELD, field)
     assert (client.get_job("run-7").job.last_boundary, [r.state for r in client.list_commands("run-7")]) == before
 
 
 def test_message_too_large_is_refused(worker_stub, server):
-    """A request over the server's message limit gets RESOURCE_EXHAUSTED and attaches nothing."""
+    """A request over the server's message limit gets RESOURCE_EXHAUSTED from gRPC itself (so no reason code)
+    and attaches nothing."""
     request = attach_request("huge")
     request.modules.extend(job_pb2.ModuleInfo(name=f"m{i}", type="Linear" * 100) for i in range(20_000))
     assert request.ByteSize() > server.settings.max_message_bytes
     with pytest.raises(grpc.RpcError) as refused:
         worker_stub.Attach(request)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert rpc_status.from_call(refused.value) is None
 
 
 def test_watch_receives_submitted_command(client, attached):

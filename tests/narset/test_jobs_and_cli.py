@@ -9,9 +9,10 @@ import sys
 
 import grpc
 import pytest
-from narset_testing import MODULES, attach_request
+from narset_testing import MODULES, assert_refusal, attach_request
 
 from narset.cli import main
+from narset.contract import reasons
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -81,6 +82,26 @@ def test_exit_codes_distinguish_usage_refusal_and_unreachable(server, capsys, un
     assert "cannot reach Narset" in err and len(err.strip().splitlines()) == 1
 
 
+def test_json_error_carries_reason_and_field(server, capsys, unused_tcp_port):
+    """With --json a failed call also prints {"error": ...} on stdout: a refusal with its reason and field."""
+    code, out, err = run_cli(capsys, "modules", "no-such-job", "--server", server.address, "--json")
+    assert code == 3
+    assert err.strip() == "narset: refused (NOT_FOUND): job_id: no job 'no-such-job'"
+    assert json.loads(out) == {
+        "error": {
+            "code": "NOT_FOUND",
+            "reason": reasons.JOB_NOT_FOUND,
+            "field": "job_id",
+            "message": "job_id: no job 'no-such-job'",
+        }
+    }
+    code, out, err = run_cli(capsys, "jobs", "--server", f"127.0.0.1:{unused_tcp_port}", "--timeout", "2", "--json")
+    assert code == 4
+    assert "cannot reach Narset" in err
+    error = json.loads(out)["error"]
+    assert (error["code"], error["reason"], error["field"]) == ("UNAVAILABLE", "", "")
+
+
 def test_attach_refuses_malformed_registration(worker_stub):
     """Attach names the bad field: empty job id, zero ranks, duplicate module, region without pattern."""
     cases = {
@@ -98,3 +119,4 @@ def test_attach_refuses_malformed_registration(worker_stub):
             worker_stub.Attach(request)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert refused.value.details().startswith(field + ":"), refused.value.details()
+        assert_refusal(refused.value, grpc.StatusCode.INVALID_ARGUMENT, reasons.INVALID_FIELD, field)

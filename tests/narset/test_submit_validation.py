@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from narset_testing import deploy
+from narset_testing import assert_refusal, deploy
 
 from narset.cli import main
 from narset.client import NarsetError
+from narset.contract import reasons
 from narset.store import Store
-from narset.v1 import command_pb2, job_pb2, worker_service_pb2
+from narset.v1 import command_pb2, job_pb2, operator_service_pb2, worker_service_pb2
 
 
 def ledger_snapshot(client, job: str = "run-7") -> tuple:
@@ -26,115 +27,175 @@ def policy(**fields) -> command_pb2.ScaffoldPolicy:
 
 
 REFUSALS = {
-    "unknown job": (deploy("encoder.fc1", job="nope"), grpc.StatusCode.NOT_FOUND, "command.job_id"),
-    "no action": (command_pb2.AdaptationCommand(job_id="run-7"), grpc.StatusCode.INVALID_ARGUMENT, "command.action"),
+    "unknown job": (
+        deploy("encoder.fc1", job="nope"),
+        grpc.StatusCode.NOT_FOUND,
+        reasons.JOB_NOT_FOUND,
+        "command.job_id",
+    ),
+    "no action": (
+        command_pb2.AdaptationCommand(job_id="run-7"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.INVALID_FIELD,
+        "command.action",
+    ),
     "bad command id": (
         command_pb2.AdaptationCommand(command_id="has space", job_id="run-7", deploy={"module": "encoder.fc1"}),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.INVALID_FIELD,
         "command.command_id",
     ),
-    "unknown module": (deploy("encoder.fc9"), grpc.StatusCode.NOT_FOUND, "deploy.module"),
-    "unknown blueprint": (deploy("encoder.fc1", "hypernet"), grpc.StatusCode.NOT_FOUND, "deploy.blueprint"),
+    "unknown module": (deploy("encoder.fc9"), grpc.StatusCode.NOT_FOUND, reasons.MODULE_NOT_FOUND, "deploy.module"),
+    "unknown blueprint": (
+        deploy("encoder.fc1", "hypernet"),
+        grpc.StatusCode.NOT_FOUND,
+        reasons.BLUEPRINT_NOT_FOUND,
+        "deploy.blueprint",
+    ),
     "blueprint wrong host type": (
         deploy("h.0.attn.c_attn", "dense_delta"),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.BLUEPRINT_DOES_NOT_FIT,
         "deploy.blueprint",
     ),
     "blueprint needs moe trait": (
         deploy("encoder.fc1", "moe_expert"),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.BLUEPRINT_DOES_NOT_FIT,
         "deploy.blueprint",
     ),
     "host without feature sizes": (
         deploy("encoder.act", "residual_mlp"),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.BLUEPRINT_DOES_NOT_FIT,
         "deploy.module",
     ),
     "lora rank larger than the layer": (
         deploy("decoder.proj", params={"rank": 16}),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.BLUEPRINT_DOES_NOT_FIT,
         "deploy.blueprint_params.rank",
     ),
     "unknown blueprint parameter": (
         deploy("encoder.fc1", params={"depth": 2}),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.BLUEPRINT_DOES_NOT_FIT,
         "deploy.blueprint_params.depth",
     ),
     "fractional rank": (
         deploy("encoder.fc1", params={"rank": 2.5}),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.BLUEPRINT_DOES_NOT_FIT,
         "deploy.blueprint_params.rank",
     ),
     "negative ttl": (
         deploy("encoder.fc1", policy=policy(ttl_ckpts=-1)),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.INVALID_FIELD,
         "deploy.policy.ttl_ckpts",
     ),
     "warm level above 1": (
         deploy("encoder.fc1", policy=policy(warm_level=1.5)),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.INVALID_FIELD,
         "deploy.policy.schedule.warm_level",
     ),
     "negative floor": (
         deploy("encoder.fc1", policy=policy(floor=-0.1)),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.INVALID_FIELD,
         "deploy.policy.schedule.floor",
     ),
     "negative warmup": (
         deploy("encoder.fc1", policy=policy(warmup_ckpts=-2)),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.INVALID_FIELD,
         "deploy.policy.schedule.warmup_ckpts",
     ),
     "schedule longer than ttl": (
         deploy("encoder.fc1", policy=policy(ttl_ckpts=6, warmup_ckpts=2, hold_ckpts=3, decay_ckpts=7)),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.INVALID_FIELD,
         "deploy.policy.ttl_ckpts",
     ),
     "kd temperature zero": (
         deploy("encoder.fc1", policy=command_pb2.ScaffoldPolicy(teaching={"kd": {"weight": 1.0, "tau": 0.0}})),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.INVALID_FIELD,
         "deploy.policy.teaching.kd.tau",
     ),
     "nan learning rate": (
         deploy("encoder.fc1", learning_rate=float("nan")),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.INVALID_FIELD,
         "deploy.learning_rate",
     ),
-    "unknown region": (deploy("encoder.fc1", region="middle"), grpc.StatusCode.NOT_FOUND, "deploy.region"),
+    "unknown region": (
+        deploy("encoder.fc1", region="middle"),
+        grpc.StatusCode.NOT_FOUND,
+        reasons.REGION_NOT_FOUND,
+        "deploy.region",
+    ),
     "module outside the named region": (
         deploy("encoder.fc1", region="decoder"),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.INVALID_FIELD,
         "deploy.region",
     ),
-    "protected region": (deploy("head", params={"rank": 2}), grpc.StatusCode.FAILED_PRECONDITION, "deploy.region"),
+    "protected region": (
+        deploy("head", params={"rank": 2}),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        reasons.REGION_PROTECTED,
+        "deploy.region",
+    ),
     "fold of an unknown scaffold": (
         command_pb2.AdaptationCommand(job_id="run-7", fold={"scaffold": {"scaffold_id": "ghost"}}),
         grpc.StatusCode.NOT_FOUND,
+        reasons.SCAFFOLD_NOT_FOUND,
         "fold.scaffold.scaffold_id",
     ),
     "prune on a module without scaffold": (
         command_pb2.AdaptationCommand(job_id="run-7", prune={"scaffold": {"module": "encoder.fc2"}}),
         grpc.StatusCode.NOT_FOUND,
+        reasons.SCAFFOLD_NOT_FOUND,
         "prune.scaffold.module",
     ),
     "persist without a target": (
         command_pb2.AdaptationCommand(job_id="run-7", persist={}),
         grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.INVALID_FIELD,
         "persist.scaffold",
     ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(REFUSALS))
-def test_refusal_names_field_and_changes_nothing(client, attached, case):
-    """Each malformed or impossible command is refused with its status, naming the field."""
-    command, code, field = REFUSALS[case]
+def test_refusal_names_field_and_changes_nothing(client, operator_stub, attached, case):
+    """Each malformed or impossible command is refused with its status and reason code, naming the field
+    (in the message, the ErrorInfo and a FieldViolation); the client exposes reason and field."""
+    command, code, reason, field = REFUSALS[case]
     before = ledger_snapshot(client)
     with pytest.raises(NarsetError) as refused:
         client.submit(command)
     assert refused.value.code == code, refused.value.details
     assert refused.value.details.startswith(field + ":"), refused.value.details
+    assert (refused.value.reason, refused.value.field) == (reason, field)
+    with pytest.raises(grpc.RpcError) as raw:
+        operator_stub.SubmitCommand(operator_service_pb2.SubmitCommandRequest(command=command))
+    assert_refusal(raw.value, code, reason, field)
     assert ledger_snapshot(client) == before
+
+
+def test_refusal_lists_every_bad_field(operator_stub, attached):
+    """A command with several bad fields is refused naming the first; BadRequest lists them all."""
+    command = deploy("encoder.fc1", policy=policy(ttl_ckpts=-1, warm_level=1.5))
+    with pytest.raises(grpc.RpcError) as refused:
+        operator_stub.SubmitCommand(operator_service_pb2.SubmitCommandRequest(command=command))
+    violations = assert_refusal(
+        refused.value, grpc.StatusCode.INVALID_ARGUMENT, reasons.INVALID_FIELD, "deploy.policy.ttl_ckpts"
+    )
+    assert [v.field for v in violations] == ["deploy.policy.ttl_ckpts", "deploy.policy.schedule.warm_level"]
+    assert "deploy.policy.schedule.warm_level: " + violations[1].description in refused.value.details()
 
 
 def test_deploy_by_cli_creates_one_pending_command(server, client, attached, capsys):
@@ -176,10 +237,12 @@ def test_duplicate_scaffold_and_budgets(client, attached):
         client.submit(deploy("encoder.fc1", "dense_delta"))
     assert duplicate.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert duplicate.value.details.startswith("deploy.module: module 'encoder.fc1' already carries scaffold 'a'")
+    assert (duplicate.value.reason, duplicate.value.field) == (reasons.MODULE_OCCUPIED, "deploy.module")
     with pytest.raises(NarsetError) as per_region:
         client.submit(deploy("encoder.fc2"))
     assert per_region.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert per_region.value.details.startswith("deploy.region:")
+    assert (per_region.value.reason, per_region.value.field) == (reasons.BUDGET_EXCEEDED, "deploy.region")
     client.submit(deploy("decoder.fc1"))
     client.submit(deploy("h.0.attn.c_attn"))  # outside every region: its own region
     before = ledger_snapshot(client)
@@ -187,6 +250,7 @@ def test_duplicate_scaffold_and_budgets(client, attached):
         client.submit(deploy("moe", "moe_expert"))
     assert total.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_live_scaffolds=3" in total.value.details
+    assert (total.value.reason, total.value.field) == (reasons.BUDGET_EXCEEDED, "deploy")
     assert ledger_snapshot(client) == before
 
 
@@ -199,6 +263,7 @@ def test_policy_protected_region_refuses_deploy(client, attached):
         client.submit(deploy("decoder.fc1"))
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert refused.value.details == "deploy.region: region 'decoder' is protected and accepts no deploy"
+    assert (refused.value.reason, refused.value.field) == (reasons.REGION_PROTECTED, "deploy.region")
     del policy.protected_regions[:]
     client.set_policy("run-7", policy)
     assert client.submit(deploy("decoder.fc1")).record.state == command_pb2.COMMAND_STATE_PENDING
@@ -214,6 +279,7 @@ def test_embargoed_region_refuses_deploy_until_it_ends(client, worker_stub, atta
         client.submit(deploy("encoder.fc1"))
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "under embargo until boundary 3" in refused.value.details
+    assert (refused.value.reason, refused.value.field) == (reasons.REGION_EMBARGOED, "deploy.region")
     for boundary in (1, 2, 3):
         worker_stub.ReportBoundary(
             worker_service_pb2.ReportBoundaryRequest(
@@ -233,6 +299,7 @@ def test_actions_on_a_pending_scaffold_are_refused(client, attached):
             client.submit(command)
         assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
         assert refused.value.details.startswith(f"{action}.scaffold: scaffold 'a' is still PENDING")
+        assert (refused.value.reason, refused.value.field) == (reasons.SCAFFOLD_PENDING, f"{action}.scaffold")
 
 
 def test_set_policy_refuses_bad_values(client, attached):
@@ -244,10 +311,12 @@ def test_set_policy_refuses_bad_values(client, attached):
     with pytest.raises(NarsetError) as refused:
         client.set_policy("run-7", bad)
     assert refused.value.details.startswith("policy.max_live_scaffolds:")
+    assert (refused.value.reason, refused.value.field) == (reasons.INVALID_FIELD, "policy.max_live_scaffolds")
     bad.CopyFrom(before)
     bad.auto.enabled = True
     bad.auto.blueprint = "hypernet"
     with pytest.raises(NarsetError) as refused:
         client.set_policy("run-7", bad)
     assert refused.value.details.startswith("policy.auto.blueprint:")
+    assert (refused.value.reason, refused.value.field) == (reasons.INVALID_FIELD, "policy.auto.blueprint")
     assert client.get_policy("run-7") == before

@@ -8,6 +8,7 @@ import pytest
 from narset_testing import attach_request
 
 from kasmina_worker.link.worker_link import LinkError, WorkerLink
+from narset.contract import reasons
 from narset.v1 import worker_service_pb2
 
 
@@ -29,13 +30,14 @@ def test_link_attaches_and_reports(server, client):
 
 
 def test_refusal_comes_back_with_its_status(server):
-    """A refused request surfaces as LinkError with the server's status and message."""
+    """A refused request surfaces as LinkError with the server's status, message, reason code and field."""
     link = WorkerLink(server.address, timeout_s=5)
     try:
         with pytest.raises(LinkError) as refused:
             link.call("Attach", attach_request("run-7", world_size=0))
         assert refused.value.code == "INVALID_ARGUMENT" and refused.value.refused
         assert refused.value.details.startswith("attach.world_size:")
+        assert (refused.value.reason, refused.value.field) == (reasons.INVALID_FIELD, "attach.world_size")
     finally:
         link.close()
 
@@ -49,6 +51,7 @@ def test_unreachable_narset_fails_fast(unused_tcp_port):
             with pytest.raises(LinkError) as down:
                 link.call("Attach", attach_request("run-7"))
             assert not down.value.refused, down.value
+            assert (down.value.reason, down.value.field) == ("", "")
         assert time.monotonic() - started < 1.0 + 1.0
     finally:
         link.close()
