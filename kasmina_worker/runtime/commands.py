@@ -136,8 +136,8 @@ class CommandApplier:
         if errors:
             raise Rejected(errors[0].field, errors[0].reason)
         self._check_taps(policy)
-        lr = deploy.learning_rate if deploy.HasField("learning_rate") else spec.proto.default_learning_rate
-        if not (math.isfinite(lr) and lr > 0):
+        lr = deploy.learning_rate if deploy.HasField("learning_rate") else None
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
             raise Rejected("deploy.learning_rate", f"must be a finite number > 0, got {lr}")
         scaffold_id = deploy.scaffold_id or command.command_id
         if scaffold_id in self.runtime.live or any(
@@ -212,7 +212,8 @@ class CommandApplier:
             raise Rejected("fold.scaffold", f"scaffold '{live.scaffold_id}' is not foldable (policy.fold.foldable)")
         target = exact_alpha(kind, fold_kind)
         alpha = float(live.module.alpha)
-        if target is None or alpha == target:
+        # sunset_ckpts 0 exits where alpha is, so a router fold's parity gap is measured, not ramped away.
+        if target is None or alpha == target or live.schedule.config.sunset == 0:
             self._exit_now(live, kind, boundary)
             parity = self.fold_parity.get(live.scaffold_id)
             measured = "" if parity is None else f", site parity rel err {parity:.3g}"

@@ -39,7 +39,8 @@ class DeployPlan:
     params: dict[str, float]
     policy: command_pb2.ScaffoldPolicy
     as_scaffold: bool
-    learning_rate: float
+    learning_rate: float | None
+    """The command's seed learning rate; None: the host group's times `policy.lr_scale`."""
     region: str
     command_id: str
 
@@ -76,7 +77,6 @@ class LiveScaffold:
             "command_id": p.command_id,
             "schedule": self.schedule.to_dict(),
             "alpha": float(self.module.alpha),
-            "isolation": float(self.module.isolation),
             "deployed_boundary": self.deployed_boundary,
             "start_step": self.start_step,
             "host_requires_grad": dict(self.host_requires_grad),
@@ -138,7 +138,7 @@ class ScaffoldRuntime:
         seed = self._build_seed(plan)
         schedule = AlphaSchedule(ScheduleConfig.from_policy(plan.policy, plan.as_scaffold))
         live = self._place(plan, seed, schedule, boundary, self.ring.steps)
-        optim.add_seed_group(self.optimizer, plan.scaffold_id, seed, plan.learning_rate)
+        optim.add_seed_group(self.optimizer, plan.scaffold_id, seed, self._seed_options(live))
         self._log("scaffold_deployed", live, blueprint=plan.spec.proto.name, boundary=boundary)
         return live
 
@@ -162,14 +162,18 @@ class ScaffoldRuntime:
         self.structure_version += 1
         return live
 
+    def _seed_options(self, live: LiveScaffold) -> dict:
+        """The seed group's hyperparameters: its host group's, lr times `lr_scale` unless the command set one."""
+        plan = live.plan
+        return optim.seed_group_options(self.optimizer, live.module.host, plan.policy.lr_scale, plan.learning_rate)
+
     def apply_schedule(self, live: LiveScaffold) -> None:
-        """Write the schedule's alpha and isolation into the buffers; set host requires_grad."""
-        isolation = live.schedule.isolation()
+        """Write the schedule's alpha into the buffer; freeze or unfreeze the host's own parameters."""
+        frozen = live.schedule.host_frozen()
         with torch.no_grad():
             live.module.alpha.fill_(live.schedule.alpha())
-            live.module.isolation.fill_(isolation)
         for name, param in live.module.host.named_parameters():
-            wanted = live.host_requires_grad.get(name, True) and isolation == 0.0
+            wanted = live.host_requires_grad.get(name, True) and not frozen
             if param.requires_grad != wanted:
                 param.requires_grad_(wanted)
                 self.structure_version += 1
@@ -252,8 +256,7 @@ class ScaffoldRuntime:
         live.exit, live.exit_command = entry["exit"], entry["exit_command"]
         with torch.no_grad():
             live.module.alpha.fill_(entry["alpha"])
-            live.module.isolation.fill_(entry["isolation"])
-        optim.add_seed_group(self.optimizer, plan.scaffold_id, seed, plan.learning_rate, optimizer_state)
+        optim.add_seed_group(self.optimizer, plan.scaffold_id, seed, self._seed_options(live), optimizer_state)
         return live
 
     def regrow(self, growth: list[dict]) -> None:

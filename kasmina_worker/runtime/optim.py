@@ -1,8 +1,10 @@
 """Seed parameters in the user's optimiser: one named parameter group per scaffold.
 
-The group joins at deploy (fresh state) and leaves at exit with its state, which the caller keeps
-when the exit may be rolled back. A router fold moves the appended expert into the host router's
-group and grows the router's state by the seed row's state.
+The group joins at deploy (fresh state) with the hyperparameters of the group that holds its
+host's parameters, the learning rate times the policy's `lr_scale` (docs/design.md, section 4), so a
+seed trains at the rate the user chose for that part of the model. It leaves at exit with its
+state, which the caller keeps when the exit may be rolled back. A router fold moves the appended
+expert into the host router's group and grows the router's state by the seed row's state.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ __all__ = [
     "move_params_to_group",
     "remove_seed_group",
     "replace_param",
+    "seed_group_options",
     "seed_group_order",
 ]
 
@@ -37,17 +40,30 @@ def seed_group_order(optimizer: torch.optim.Optimizer) -> list[str]:
     return [group[GROUP_KEY] for group in optimizer.param_groups if GROUP_KEY in group]
 
 
+def seed_group_options(
+    optimizer: torch.optim.Optimizer, host: nn.Module, lr_scale: float, lr: float | None = None
+) -> dict:
+    """A seed group's hyperparameters: those the optimiser declares (its defaults' keys: lr, weight
+    decay, betas, ...) as set on the group holding the host's first parameter that has one (the
+    optimiser's defaults when none has), with lr times `lr_scale`, or `lr` when given."""
+    source = next((g for p in host.parameters() if (g := _group_of(optimizer, p)) is not None), optimizer.defaults)
+    options = {key: source[key] for key in optimizer.defaults if key in source}
+    options["lr"] = lr if lr is not None else source["lr"] * lr_scale
+    return options
+
+
 def add_seed_group(
     optimizer: torch.optim.Optimizer,
     scaffold_id: str,
     seed: nn.Module,
-    lr: float,
+    options: dict,
     state: dict[str, dict] | None = None,
 ) -> None:
-    """Add the seed's parameters as the group `kasmina/<scaffold_id>`, with `state` by param name."""
+    """Add the seed's parameters as the group `kasmina/<scaffold_id>` with the hyperparameters
+    `options`, and `state` by param name."""
     named = list(seed.named_parameters())
     optimizer.add_param_group(
-        {"params": [p for _, p in named], "lr": lr, "name": f"kasmina/{scaffold_id}", GROUP_KEY: scaffold_id}
+        {"params": [p for _, p in named], **options, "name": f"kasmina/{scaffold_id}", GROUP_KEY: scaffold_id}
     )
     for name, param in named:
         if state and name in state:

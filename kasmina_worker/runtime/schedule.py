@@ -1,14 +1,14 @@
 """Alpha schedules: the lifecycle (docs/design.md, section 4), counted in checkpoint boundaries.
 
 Pure Python and deterministic: the state is a few numbers (`to_dict` / `from_dict`), and alpha,
-isolation and stage are functions of it. Timeline, with the deploy applied at boundary k
-(position 0) and `I, W, H, D` the isolated / warmup / hold / decay lengths:
+whether the host is frozen and stage are functions of it. Timeline, with the deploy applied at
+boundary k (position 0) and `I, W, H, D` the isolated / warmup / hold / decay lengths:
 
-* positions [0, I): TRAIN_ISOLATED, alpha 0, host joint (isolation 0);
-* [I, I+W): GRAFTING, alpha = warm · curve((p - I + 1) / W), host isolated;
-* [I+W, I+W+H): HOLD at warm, host isolated;
-* [I+W+H, I+W+H+D): DECAY, alpha = warm + (floor - warm) · curve((p - I - W - H + 1) / D), host
-  joint (weaning);
+* positions [0, I): TRAIN_ISOLATED, alpha 0 (for seeds that learn at alpha 0, from teaching);
+* [I, I+W): GRAFTING, alpha = warm · curve((p - I + 1) / W);
+* [I+W, I+W+H): HOLD at warm;
+* [I+W+H, I+W+H+D): DECAY, alpha = warm + (floor - warm) · curve((p - I - W - H + 1) / D)
+  (weaning);
 * after the phases and before the TTL, the last phase holds its final alpha;
 * position >= TTL: EVALUATING, alpha held until an exit decision arrives.
 
@@ -16,6 +16,10 @@ The position does not move while paused. A sunset ramps alpha linearly from wher
 exit's exact level over `sunset` boundaries, the first step at the boundary that starts it; the
 exit is taken at the boundary where the ramp arrives. Non-scaffold growth ramps 0 -> 1 over W,
 then stays PERMANENT at 1.
+
+The host trains jointly in every stage. With `freeze_host` (policy `host_mode: frozen`) its
+parameters are frozen while grafting and holding, and in an EVALUATING or SUNSET that follows them;
+never while weaning, which needs the host to learn, nor for permanent growth.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class ScheduleConfig:
     """Boundaries of the alpha ramp before a non-exact exit; 0 exits at once."""
     as_scaffold: bool = True
     """False: permanent growth (alpha ramps to 1 and stays, no TTL)."""
+    freeze_host: bool = False
+    """True (policy `host_mode: frozen`): the host's parameters are frozen while grafting and holding."""
     max_extensions: int = 2
     """PERSIST extensions allowed."""
 
@@ -87,6 +93,7 @@ class ScheduleConfig:
             ttl=policy.ttl_ckpts,
             sunset=policy.fold.sunset_ckpts,
             as_scaffold=as_scaffold,
+            freeze_host=policy.host_mode == command_pb2.HOST_MODE_FROZEN,
         )
 
 
@@ -103,11 +110,11 @@ class ScheduleState:
     sunset_to: float = 0.0
     sunset_steps: int = 0
     sunset_done: int = 0
-    sunset_isolation: float = 0.0
+    sunset_frozen: bool = False
 
 
 class AlphaSchedule:
-    """One scaffold's schedule: a config and a state, alpha/stage/isolation derived from them."""
+    """One scaffold's schedule: a config and a state, alpha/stage/host freezing derived from them."""
 
     def __init__(self, config: ScheduleConfig, state: ScheduleState | None = None) -> None:
         self.config = config
@@ -121,39 +128,40 @@ class AlphaSchedule:
     def in_sunset(self) -> bool:
         return self.state.sunset_steps > 0
 
-    def _phase_alpha(self, p: int) -> tuple[int, float, float]:
-        """(stage, alpha, isolation) at schedule position p, ignoring sunset."""
+    def _phase_alpha(self, p: int) -> tuple[int, float, bool]:
+        """(stage, alpha, host frozen) at schedule position p, ignoring sunset."""
         c = self.config
         if not c.as_scaffold:
             if p < c.warmup:
-                return S.SCAFFOLD_STAGE_GRAFTING, self._curve((p + 1) / c.warmup), 0.0
-            return S.SCAFFOLD_STAGE_PERMANENT, 1.0, 0.0
+                return S.SCAFFOLD_STAGE_GRAFTING, self._curve((p + 1) / c.warmup), False
+            return S.SCAFFOLD_STAGE_PERMANENT, 1.0, False
         graft_end = c.isolated + c.warmup
         hold_end = graft_end + c.hold
+        frozen = c.freeze_host
         if p < c.isolated:
-            return S.SCAFFOLD_STAGE_TRAIN_ISOLATED, 0.0, 0.0
+            return S.SCAFFOLD_STAGE_TRAIN_ISOLATED, 0.0, False
         if p < graft_end:
-            return S.SCAFFOLD_STAGE_GRAFTING, c.warm_level * self._curve((p - c.isolated + 1) / c.warmup), 1.0
+            return S.SCAFFOLD_STAGE_GRAFTING, c.warm_level * self._curve((p - c.isolated + 1) / c.warmup), frozen
         if p < hold_end:
-            return S.SCAFFOLD_STAGE_HOLD, c.warm_level, 1.0
+            return S.SCAFFOLD_STAGE_HOLD, c.warm_level, frozen
         if p < c.length:
             ramp = self._curve((p - hold_end + 1) / c.decay)
-            return S.SCAFFOLD_STAGE_DECAY, c.warm_level + (c.floor - c.warm_level) * ramp, 0.0
+            return S.SCAFFOLD_STAGE_DECAY, c.warm_level + (c.floor - c.warm_level) * ramp, False
         if c.decay:
-            return S.SCAFFOLD_STAGE_DECAY, c.floor, 0.0
+            return S.SCAFFOLD_STAGE_DECAY, c.floor, False
         if c.warmup or c.hold or not c.isolated:
-            return S.SCAFFOLD_STAGE_HOLD, c.warm_level, 1.0
-        return S.SCAFFOLD_STAGE_TRAIN_ISOLATED, 0.0, 0.0
+            return S.SCAFFOLD_STAGE_HOLD, c.warm_level, frozen
+        return S.SCAFFOLD_STAGE_TRAIN_ISOLATED, 0.0, False
 
-    def _current(self) -> tuple[int, float, float]:
+    def _current(self) -> tuple[int, float, bool]:
         st = self.state
         if self.in_sunset:
             ramp = min(st.sunset_done / st.sunset_steps, 1.0)
-            return S.SCAFFOLD_STAGE_SUNSET, st.sunset_from + (st.sunset_to - st.sunset_from) * ramp, st.sunset_isolation
-        stage, alpha, isolation = self._phase_alpha(st.position)
+            return S.SCAFFOLD_STAGE_SUNSET, st.sunset_from + (st.sunset_to - st.sunset_from) * ramp, st.sunset_frozen
+        stage, alpha, frozen = self._phase_alpha(st.position)
         if self.config.as_scaffold and st.position >= st.ttl:
-            return S.SCAFFOLD_STAGE_EVALUATING, alpha, isolation
-        return stage, alpha, isolation
+            return S.SCAFFOLD_STAGE_EVALUATING, alpha, frozen
+        return stage, alpha, frozen
 
     def stage(self) -> int:
         """The lifecycle stage, a `telemetry_pb2.ScaffoldStage`."""
@@ -162,8 +170,8 @@ class AlphaSchedule:
     def alpha(self) -> float:
         return self._current()[1]
 
-    def isolation(self) -> float:
-        """1.0 while the host is isolated at the site, 0.0 while it trains jointly."""
+    def host_frozen(self) -> bool:
+        """True while the host's parameters are frozen (only under `freeze_host`)."""
         return self._current()[2]
 
     def advance(self) -> None:
@@ -177,11 +185,11 @@ class AlphaSchedule:
 
     def start_sunset(self, target: float) -> None:
         """Ramp alpha from where it is to `target`; the first step is taken now."""
-        _, alpha, isolation = self._current()
+        _, alpha, frozen = self._current()
         st = self.state
         st.sunset_from, st.sunset_to = alpha, target
         st.sunset_steps, st.sunset_done = max(self.config.sunset, 1), 1
-        st.sunset_isolation = isolation
+        st.sunset_frozen = frozen
 
     def sunset_arrived(self) -> bool:
         """True when a sunset has reached its target: the exit can be taken exactly now."""

@@ -15,7 +15,7 @@ from narset.v1 import telemetry_pb2
 
 __all__ = ["STATE_VERSION", "LoadedState", "build_state", "parse_state"]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 def build_state(

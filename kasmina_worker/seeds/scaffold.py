@@ -1,9 +1,11 @@
-"""The scaffold module: a host module and a seed blended by two 0-dim buffers.
+"""The scaffold module: a host module and a seed blended by a 0-dim `alpha` buffer.
 
-`y = lerp(lerp(h, h.detach(), isolation), nan_to_num(s), alpha)`, computed by one fused autograd
-function: the same graph whatever the lifecycle state. `alpha` and `isolation` change only at
-boundaries (`fill_` under `no_grad`) or on-device by a safety breaker, so a compiled graph never
-sees a Python float change.
+Additive seeds (delta, residual): `y = h + alpha·nan_to_num(s)`, the host at its full gradient;
+replacement seeds: `y = lerp(h, nan_to_num(s), alpha)`. One fused autograd function, the same graph
+whatever the lifecycle state: `alpha` changes only at boundaries (`fill_` under `no_grad`) or
+on-device by a safety breaker, so a compiled graph never sees a Python float change. A frozen host
+(policy `host_mode: frozen`) is its own parameters' `requires_grad`, never a detach in the blend, so
+the layers upstream always get the gradient of the function the site computes.
 """
 
 from __future__ import annotations
@@ -32,27 +34,33 @@ class _FiniteGrad(torch.autograd.Function):
 
 
 class _Blend(torch.autograd.Function):
-    """`lerp(h, nan_to_num(s), alpha)` whose backward gives h `(1 - alpha)(1 - isolation)` of the
-    gradient and s `alpha` of it: the value and gradients of
-    `lerp(lerp(h, h.detach(), isolation), s, alpha)` in one pass each way."""
+    """`h + alpha·nan_to_num(s)` (additive) or `lerp(h, nan_to_num(s), alpha)` (replacement) in one
+    fresh activation; backward: h gets the gradient itself (additive) or `(1 - alpha)` of it, s
+    `alpha` of it.
+
+    Hand-written so that only alpha is saved for backward (autograd's `nan_to_num` would keep s to
+    mask its gradient) and the additive host gradient passes through without an op.
+    """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, s: torch.Tensor, alpha: torch.Tensor, isolation: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(alpha, isolation)
-        # The blend overwrites the sanitised copy: one fresh activation per step, like a plain lerp.
+    def forward(ctx, h: torch.Tensor, s: torch.Tensor, alpha: torch.Tensor, additive: bool) -> torch.Tensor:
+        ctx.save_for_backward(alpha)
+        ctx.additive = additive
+        # The blend overwrites the sanitised copy: one fresh activation per step, like a plain add.
         out = torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
+        if additive:
+            return torch.addcmul(h, out, alpha, out=out)
         return torch.lerp(h, out, alpha, out=out)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        alpha, isolation = ctx.saved_tensors
+        (alpha,) = ctx.saved_tensors
         needs_h, needs_s = ctx.needs_input_grad[:2]
         grad_h = grad_s = None
         if needs_h:
-            # torch functions, not `1 - alpha`: the reflected operators take a slow Python path, and
-            # this runs on every backward. (1 - alpha)(1 - isolation) = keep - keep * alpha.
-            keep = torch.rsub(isolation, 1)
-            grad_h = torch.mul(grad, torch.addcmul(keep, keep, alpha, value=-1))
+            # torch.rsub, not `1 - alpha`: the reflected operator takes a slow Python path, and this
+            # runs on every backward.
+            grad_h = grad if ctx.additive else torch.mul(grad, torch.rsub(alpha, 1))
         if needs_s:
             grad_s = torch.mul(grad, alpha)
         return grad_h, grad_s, None, None
@@ -60,7 +68,8 @@ class _Blend(torch.autograd.Function):
 
 @dataclass(frozen=True, slots=True)
 class SiteTensors:
-    """What one forward computed at a scaffold site, for the teaching terms: host and seed outputs."""
+    """What one forward computed at a scaffold site, for the teaching terms: the host's output and
+    the seed's as a replacement of it (`h.detach() + s` for an additive seed)."""
 
     host_out: torch.Tensor
     seed_out: torch.Tensor
@@ -76,7 +85,7 @@ class Scaffold(nn.Module):
         self.scaffold_id = scaffold_id
         device = next((p.device for p in host.parameters()), torch.device("cpu"))
         self.register_buffer("alpha", torch.zeros((), dtype=torch.float32, device=device))
-        self.register_buffer("isolation", torch.zeros((), dtype=torch.float32, device=device))
+        self.additive = bool(getattr(seed, "additive", False))
         # Set at boundaries only, when a teaching loss needs the site tensors of the step.
         self.record_site = False
         self.site: SiteTensors | None = None
@@ -86,9 +95,9 @@ class Scaffold(nn.Module):
         s = self.seed(_FiniteGrad.apply(x), h, self.host)
         # The fp32 0-dim weights need no cast: a 0-dim tensor does not promote a bf16/fp16 blend,
         # and lerp rounds the weight to the blend's dtype exactly as a cast would (the fold uses it).
-        y = _Blend.apply(h, s, self.alpha, self.isolation)
+        y = _Blend.apply(h, s, self.alpha, self.additive)
         if self.record_site:
-            self.site = SiteTensors(h, s)
+            self.site = SiteTensors(h, h.detach() + s if self.additive else s)
         return y
 
     def extra_repr(self) -> str:

@@ -53,7 +53,6 @@ BUILTIN_BLUEPRINTS: tuple[job_pb2.Blueprint, ...] = (
             _param("rank", 8, 1, 4096, True, "rank r of A [r, in] and B [out, r]"),
             _param("scaling", 1.0, 1e-6, 1e6, False, "multiplier of B·A"),
         ],
-        default_learning_rate=1e-3,
     ),
     job_pb2.Blueprint(
         name="dense_delta",
@@ -68,7 +67,6 @@ BUILTIN_BLUEPRINTS: tuple[job_pb2.Blueprint, ...] = (
             fold=command_pb2.FoldOptions(svd_rank=8),
         ),
         params=[_param("bias", 1, 0, 1, True, "1: learn a bias delta d as well")],
-        default_learning_rate=1e-3,
     ),
     job_pb2.Blueprint(
         name="residual_mlp",
@@ -83,7 +81,6 @@ BUILTIN_BLUEPRINTS: tuple[job_pb2.Blueprint, ...] = (
             teaching=command_pb2.TeachingLosses(site_distill_weight=1.0),
         ),
         params=[_param("hidden", 64, 1, 65536, True, "hidden width of the seed MLP")],
-        default_learning_rate=1e-3,
     ),
     job_pb2.Blueprint(
         name="moe_expert",
@@ -98,7 +95,6 @@ BUILTIN_BLUEPRINTS: tuple[job_pb2.Blueprint, ...] = (
             exit_policy=command_pb2.EXIT_POLICY_PREFER_FUSE,
         ),
         params=[_param("hidden", 0, 0, 65536, True, "expert hidden width; 0: as the host's experts")],
-        default_learning_rate=1e-3,
     ),
 )
 

@@ -103,6 +103,10 @@ def effective_policy(blueprint: job_pb2.Blueprint, override: command_pb2.Scaffol
         teaching.feature.cadence_steps = 1
     if not teaching.HasField("probe_weight"):
         teaching.probe_weight = 0.0
+    if policy.host_mode == command_pb2.HOST_MODE_UNSPECIFIED:
+        policy.host_mode = command_pb2.HOST_MODE_JOINT
+    if not policy.HasField("lr_scale"):
+        policy.lr_scale = 1.0
     return policy
 
 
@@ -161,6 +165,10 @@ def policy_errors(policy: command_pb2.ScaffoldPolicy, prefix: str = "policy") ->
         bad("fold.sunset_ckpts", f"must be >= 0, got {policy.fold.sunset_ckpts}")
     if policy.fold.HasField("svd_rank") and policy.fold.svd_rank < 1:
         bad("fold.svd_rank", f"must be >= 1, got {policy.fold.svd_rank}")
+    if policy.host_mode not in (command_pb2.HOST_MODE_JOINT, command_pb2.HOST_MODE_FROZEN):
+        bad("host_mode", f"must be HOST_MODE_JOINT or HOST_MODE_FROZEN, got {policy.host_mode}")
+    if not (math.isfinite(policy.lr_scale) and policy.lr_scale > 0.0):
+        bad("lr_scale", f"must be a finite number > 0, got {policy.lr_scale}")
     for descriptor, value in policy.gates.ListFields():
         if not math.isfinite(value):
             bad(f"gates.{descriptor.name}", f"must be finite, got {value}")

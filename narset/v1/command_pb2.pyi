@@ -23,6 +23,12 @@ class ExitPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXIT_POLICY_PREFER_PRUNE: _ClassVar[ExitPolicy]
     EXIT_POLICY_PERSIST_IF_WINS: _ClassVar[ExitPolicy]
 
+class HostMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    HOST_MODE_UNSPECIFIED: _ClassVar[HostMode]
+    HOST_MODE_JOINT: _ClassVar[HostMode]
+    HOST_MODE_FROZEN: _ClassVar[HostMode]
+
 class CommandState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     COMMAND_STATE_UNSPECIFIED: _ClassVar[CommandState]
@@ -38,6 +44,9 @@ EXIT_POLICY_UNSPECIFIED: ExitPolicy
 EXIT_POLICY_PREFER_FUSE: ExitPolicy
 EXIT_POLICY_PREFER_PRUNE: ExitPolicy
 EXIT_POLICY_PERSIST_IF_WINS: ExitPolicy
+HOST_MODE_UNSPECIFIED: HostMode
+HOST_MODE_JOINT: HostMode
+HOST_MODE_FROZEN: HostMode
 COMMAND_STATE_UNSPECIFIED: CommandState
 COMMAND_STATE_PENDING: CommandState
 COMMAND_STATE_DELIVERED: CommandState
@@ -126,20 +135,24 @@ class GateThresholds(_message.Message):
     def __init__(self, transfer_epsilon: _Optional[float] = ..., residual_gain_gamma: _Optional[float] = ..., foldability_theta: _Optional[float] = ..., jitter_p95_max: _Optional[float] = ..., drift_max: _Optional[float] = ..., diversity_min: _Optional[float] = ..., step_time_ratio_max: _Optional[float] = ..., memory_fraction_max: _Optional[float] = ...) -> None: ...
 
 class ScaffoldPolicy(_message.Message):
-    __slots__ = ("ttl_ckpts", "schedule", "teaching", "fold", "exit_policy", "gates")
+    __slots__ = ("ttl_ckpts", "schedule", "teaching", "fold", "exit_policy", "gates", "host_mode", "lr_scale")
     TTL_CKPTS_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     TEACHING_FIELD_NUMBER: _ClassVar[int]
     FOLD_FIELD_NUMBER: _ClassVar[int]
     EXIT_POLICY_FIELD_NUMBER: _ClassVar[int]
     GATES_FIELD_NUMBER: _ClassVar[int]
+    HOST_MODE_FIELD_NUMBER: _ClassVar[int]
+    LR_SCALE_FIELD_NUMBER: _ClassVar[int]
     ttl_ckpts: int
     schedule: AlphaSchedule
     teaching: TeachingLosses
     fold: FoldOptions
     exit_policy: ExitPolicy
     gates: GateThresholds
-    def __init__(self, ttl_ckpts: _Optional[int] = ..., schedule: _Optional[_Union[AlphaSchedule, _Mapping]] = ..., teaching: _Optional[_Union[TeachingLosses, _Mapping]] = ..., fold: _Optional[_Union[FoldOptions, _Mapping]] = ..., exit_policy: _Optional[_Union[ExitPolicy, str]] = ..., gates: _Optional[_Union[GateThresholds, _Mapping]] = ...) -> None: ...
+    host_mode: HostMode
+    lr_scale: float
+    def __init__(self, ttl_ckpts: _Optional[int] = ..., schedule: _Optional[_Union[AlphaSchedule, _Mapping]] = ..., teaching: _Optional[_Union[TeachingLosses, _Mapping]] = ..., fold: _Optional[_Union[FoldOptions, _Mapping]] = ..., exit_policy: _Optional[_Union[ExitPolicy, str]] = ..., gates: _Optional[_Union[GateThresholds, _Mapping]] = ..., host_mode: _Optional[_Union[HostMode, str]] = ..., lr_scale: _Optional[float] = ...) -> None: ...
 
 class ScaffoldRef(_message.Message):
     __slots__ = ("scaffold_id", "module")

@@ -23,6 +23,19 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class MLP3(nn.Module):
+    """A 3-layer MLP with non-square layers: a scaffold on `fc2` has layers upstream and downstream."""
+
+    def __init__(self, d_in: int = 12, hidden: int = 20, d_out: int = 6) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, hidden + 4)
+        self.fc3 = nn.Linear(hidden + 4, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(F.gelu(self.fc2(F.gelu(self.fc1(x)))))
+
+
 class GPT2MLP(nn.Module):
     """The GPT-2 MLP block (two transposed-weight Conv1D layers) and a Conv1D head to 6 outputs."""
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from kasmina_testing import MLP, batch, deploy, on, schedule
 
 from kasmina_worker import KasminaWorker
+from narset.v1 import command_pb2
 
 BOUNDARIES = 10
 STEPS_PER_BOUNDARY = 3
@@ -26,14 +27,12 @@ def _commands(boundary: int):
     if boundary == 1:
         weaning = schedule(warmup_ckpts=1, hold_ckpts=1, decay_ckpts=4)
         weaning.teaching.site_distill_weight = 0.5
+        # A frozen host at a scaled seed rate: the resume restores the host's flags and the seed group.
+        frozen = schedule(warmup_ckpts=2, hold_ckpts=6)
+        frozen.host_mode = command_pb2.HOST_MODE_FROZEN
+        frozen.lr_scale = 0.5
         return [
-            deploy(
-                "fc1",
-                "lora",
-                command_id="lora",
-                blueprint_params={"rank": 3},
-                policy=schedule(warmup_ckpts=2, hold_ckpts=6),
-            ),
+            deploy("fc1", "lora", command_id="lora", blueprint_params={"rank": 3}, policy=frozen),
             deploy("fc2", "residual_mlp", command_id="mlp", blueprint_params={"hidden": 5}, policy=weaning),
         ]
     if boundary == 6:

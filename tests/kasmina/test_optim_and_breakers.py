@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
-from kasmina_testing import MLP, batch, deploy, on, result_ok, schedule, train
+from kasmina_testing import MLP, MLP3, batch, deploy, on, result_ok, schedule, train
 
 from kasmina_worker import BreakerConfig, KasminaWorker, WorkerConfig
 from kasmina_worker.measure.breakers import TRIP_LOSS_SPIKE, TRIP_NON_FINITE, Breakers, StepLossRing, Trip, Watch
 from kasmina_worker.runtime.optim import GROUP_KEY
+from narset.v1 import command_pb2
 
 
 def _worker(lr=1e-2, **kwargs):
@@ -39,12 +41,48 @@ def test_seed_group_present_while_live_and_gone_with_its_state_after_exit():
     train(worker, optimizer, steps=2, start=3)
 
 
-def test_default_learning_rate_is_the_blueprints():
-    """Without a command learning rate the seed group takes the blueprint's default."""
+def test_seed_group_takes_its_host_groups_hyperparameters_times_lr_scale():
+    """A seed group gets the lr (times policy.lr_scale), weight decay and betas of the group holding its host, a
+    non-default group with its own lr included; an explicit deploy learning rate still wins."""
+    torch.manual_seed(0)
+    model = MLP3()
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [*model.fc1.parameters(), *model.fc3.parameters()]},
+            {"params": list(model.fc2.parameters()), "lr": 4e-3, "weight_decay": 0.05, "betas": (0.8, 0.95)},
+        ],
+        lr=1e-3,
+        weight_decay=0.01,
+    )
+    worker = KasminaWorker(model, optimizer, job="lr")
+    scaled = command_pb2.ScaffoldPolicy(lr_scale=0.5)
+    worker.submit(deploy("fc2", "lora", command_id="middle", blueprint_params={"rank": 2}, policy=scaled))
+    worker.submit(deploy("fc1", "dense_delta", command_id="first"))
+    worker.submit(
+        deploy("fc3", "lora", command_id="explicit", blueprint_params={"rank": 2}, learning_rate=7e-4, policy=scaled)
+    )
+    summary = worker.checkpoint(step=0)
+    for index in range(3):
+        result_ok(summary, index)
+    groups = {g[GROUP_KEY]: g for g in optimizer.param_groups if GROUP_KEY in g}
+    hyper = {sid: (g["lr"], g["weight_decay"], g["betas"]) for sid, g in groups.items()}
+    assert hyper == {
+        "middle": (4e-3 * 0.5, 0.05, (0.8, 0.95)),
+        "first": (1e-3, 0.01, (0.9, 0.999)),
+        "explicit": (7e-4, 0.01, (0.9, 0.999)),
+    }
+    train(worker, optimizer, steps=3)
+    assert all("exp_avg" in optimizer.state[p] for g in groups.values() for p in g["params"])
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, math.inf, math.nan])
+def test_lr_scale_must_be_finite_and_positive(value):
+    """A deploy whose policy.lr_scale is not a finite number > 0 is rejected naming the field."""
     model, optimizer, worker = _worker()
-    worker.submit(deploy("fc2", "dense_delta"))
-    worker.checkpoint(step=0)
-    assert optimizer.param_groups[-1]["lr"] == 1e-3
+    worker.submit(deploy("fc1", "lora", policy=command_pb2.ScaffoldPolicy(lr_scale=value)))
+    (result,) = worker.checkpoint(step=0).results
+    assert result.message == f"deploy.policy.lr_scale: must be a finite number > 0, got {value}"
+    assert len(optimizer.param_groups) == 1
 
 
 def test_gradient_accumulation_over_four_micro_batches():

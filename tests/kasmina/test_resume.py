@@ -30,5 +30,5 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
     assert a.keys() == b.keys() and "fc1.weight" in a
     assert all(torch.equal(a[k], b[k]) for k in a)
     saved = torch.load(tmp_path / "worker.pt", weights_only=True)
-    assert saved["version"] == 1 and saved["boundary"] == 4
+    assert saved["version"] == 2 and saved["boundary"] == 4
     assert {s["scaffold_id"] for s in saved["scaffolds"]} == {"lora", "mlp"}

@@ -27,19 +27,23 @@ def _config(**overrides) -> ScheduleConfig:
 def _walk(schedule: AlphaSchedule, boundaries: int):
     out = []
     for _ in range(boundaries):
-        out.append((schedule.stage(), round(schedule.alpha(), 6), schedule.isolation()))
+        out.append((schedule.stage(), round(schedule.alpha(), 6), schedule.host_frozen()))
         schedule.advance()
     return out
 
 
 def test_lifecycle_timeline_linear():
-    """Positions walk TRAIN_ISOLATED, GRAFTING, HOLD, DECAY, then hold the floor, then EVALUATING at TTL."""
+    """Positions walk TRAIN_ISOLATED, GRAFTING, HOLD, DECAY, then hold the floor, then EVALUATING at TTL; the host
+    is frozen only under freeze_host, and then only while grafting and holding."""
     walk = _walk(AlphaSchedule(_config()), 13)
     assert [w[0] for w in walk] == [S.SCAFFOLD_STAGE_TRAIN_ISOLATED] + [S.SCAFFOLD_STAGE_GRAFTING] * 2 + [
         S.SCAFFOLD_STAGE_HOLD
     ] * 3 + [S.SCAFFOLD_STAGE_DECAY] * 6 + [S.SCAFFOLD_STAGE_EVALUATING]
     assert [w[1] for w in walk] == [0.0, 0.25, 0.5, 0.5, 0.5, 0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1]
-    assert [w[2] for w in walk] == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert [w[2] for w in walk] == [False] * 13
+    frozen = _walk(AlphaSchedule(_config(freeze_host=True)), 13)
+    assert [w[:2] for w in frozen] == [w[:2] for w in walk]
+    assert [w[2] for w in frozen] == [False] + [True] * 5 + [False] * 7
 
 
 def test_cosine_curve_and_determinism_and_restore():

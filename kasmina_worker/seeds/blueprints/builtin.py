@@ -7,7 +7,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from kasmina_worker.seeds.blueprints.registry import BuildContext, Seed, register_blueprint
 from kasmina_worker.seeds.delta import dense_delta, dense_delta_weight, lora_delta, lora_delta_weight
@@ -20,7 +19,9 @@ _CATALOGUE = {blueprint.name: blueprint for blueprint in BUILTIN_BLUEPRINTS}
 
 
 class LoraSeed(Seed):
-    """Low-rank delta: s(x) = h(x).detach() + scaling · B · A · x. B starts at zero (exact identity)."""
+    """Low-rank delta, added to the host: s(x) = scaling · B · A · x. B starts at zero (s = 0)."""
+
+    additive = True
 
     def __init__(self, in_features: int, out_features: int, rank: int, scaling: float) -> None:
         super().__init__()
@@ -30,7 +31,7 @@ class LoraSeed(Seed):
         nn.init.kaiming_uniform_(self.a, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor, host_out: torch.Tensor, host: nn.Module) -> torch.Tensor:
-        return host_out.detach() + lora_delta(x, self.a, self.b, self.scaling)
+        return lora_delta(x, self.a, self.b, self.scaling)
 
     def delta_weight(self) -> torch.Tensor:
         return lora_delta_weight(self.a, self.b, self.scaling)
@@ -40,7 +41,9 @@ class LoraSeed(Seed):
 
 
 class DenseDeltaSeed(Seed):
-    """Dense delta: s(x) = h(x).detach() + D · x + d. D and d start at zero (exact identity)."""
+    """Dense delta, added to the host: s(x) = D · x + d. D and d start at zero (s = 0)."""
+
+    additive = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
         super().__init__()
@@ -48,7 +51,7 @@ class DenseDeltaSeed(Seed):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor, host_out: torch.Tensor, host: nn.Module) -> torch.Tensor:
-        return host_out.detach() + dense_delta(x, self.d, self.bias)
+        return dense_delta(x, self.d, self.bias)
 
     def delta_weight(self) -> torch.Tensor:
         return dense_delta_weight(self.d)
@@ -58,11 +61,13 @@ class DenseDeltaSeed(Seed):
 
 
 class ResidualMLPSeed(Seed):
-    """Non-linear seed in parallel with the host: s(x) = h(x).detach() + fc_out(gelu(fc_in(x))).
+    """Non-linear branch added to the host: s(x) = fc_out(gelu(fc_in(x))).
 
-    `fc_out` starts at zero, so the seed starts as an exact identity. Not foldable: it teaches the
-    host while weaning and leaves at alpha 0 (transfer exit).
+    `fc_out` starts at zero, so the branch starts at 0. Not foldable: it teaches the host while
+    weaning and leaves at alpha 0 (transfer exit).
     """
+
+    additive = True
 
     def __init__(self, in_features: int, out_features: int, hidden: int) -> None:
         super().__init__()
@@ -72,15 +77,16 @@ class ResidualMLPSeed(Seed):
         nn.init.zeros_(self.fc_out.bias)
 
     def forward(self, x: torch.Tensor, host_out: torch.Tensor, host: nn.Module) -> torch.Tensor:
-        return host_out.detach() + self.fc_out(F.gelu(self.fc_in(x)))
+        return self.fc_out(F.gelu(self.fc_in(x)))
 
 
 class MoEExpertSeed(Seed):
     """A new expert and its router row on a mixture-of-experts host (see `kasmina_worker.seeds.hosts`).
 
-    s(x) is the host layer's routing over its experts plus the new one, with the host's own
-    parameters detached. The router fold appends the expert and the row to the host, after which
-    the host computes s(x) itself: exact at alpha 1 (the sunset ramps there first).
+    A replacement seed: s(x) is the host layer's routing over its experts plus the new one, and the
+    host's parameters get the gradient of the blend `lerp(h, s, alpha)` through both terms. The
+    router fold appends the expert and the row to the host, after which the host computes s(x)
+    itself: exact at alpha 1 (the sunset ramps there first).
     """
 
     def __init__(self, host: nn.Module, hidden: int | None) -> None:
@@ -90,13 +96,8 @@ class MoEExpertSeed(Seed):
         self.router_row = nn.Linear(router.in_features, 1, bias=router.bias is not None)
 
     def forward(self, x: torch.Tensor, host_out: torch.Tensor, host: nn.Module) -> torch.Tensor:
-        router = host.router
-        bias = None if router.bias is None else router.bias.detach()
-        logits = torch.cat([F.linear(x, router.weight.detach(), bias), self.router_row(x)], dim=-1)
-        outputs = [
-            functional_call(expert, {n: p.detach() for n, p in expert.named_parameters()}, (x,))
-            for expert in host.experts
-        ]
+        logits = torch.cat([host.router(x), self.router_row(x)], dim=-1)
+        outputs = [expert(x) for expert in host.experts]
         outputs.append(self.expert(x))
         return moe_combine(logits, outputs, host.top_k)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -26,8 +27,13 @@ __all__ = ["BlueprintSpec", "BuildContext", "Seed", "blueprint_names", "get_blue
 class Seed(nn.Module):
     """A seed module: `forward(x, host_out, host)` returns the seed's output s(x) at the site.
 
-    Delta seeds also implement `delta_weight()` ([out, in], fp32) and `delta_bias()` (fp32 or None).
+    An *additive* seed (`additive = True`: delta and residual seeds) returns a branch added to the
+    host's output, `y = h(x) + alpha·s(x)`; the host keeps its full gradient. Otherwise the seed is a
+    *replacement* of the host, `y = lerp(h(x), s(x), alpha)`. Delta seeds also implement
+    `delta_weight()` ([out, in], fp32) and `delta_bias()` (fp32 or None): `s(x) = ΔW·x + Δb`.
     """
+
+    additive: ClassVar[bool] = False
 
     def forward(self, x: torch.Tensor, host_out: torch.Tensor, host: nn.Module) -> torch.Tensor:
         raise NotImplementedError
