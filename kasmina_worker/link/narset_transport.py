@@ -23,16 +23,23 @@ _ENDED = (telemetry_pb2.SCAFFOLD_STAGE_FUSED, telemetry_pb2.SCAFFOLD_STAGE_PRUNE
 _REATTACH_REASONS = (SESSION_SUPERSEDED, JOB_NOT_FOUND)
 
 
+def _clear_non_finite(message) -> None:
+    for descriptor, value in message.ListFields():
+        if isinstance(value, float) and not math.isfinite(value):
+            message.ClearField(descriptor.name)
+
+
 def _drop_non_finite(report: worker_service_pb2.ReportBoundaryRequest) -> None:
     """Narset refuses a report carrying NaN/Inf; an unset value reads as unmeasured instead."""
-    if report.HasField("probe_loss") and not math.isfinite(report.probe_loss):
-        report.ClearField("probe_loss")
+    for name in ("probe_loss", "step_time_ms"):
+        if report.HasField(name) and not math.isfinite(getattr(report, name)):
+            report.ClearField(name)
     for name in [name for name, value in report.metrics.items() if not math.isfinite(value)]:
         del report.metrics[name]
     for scaffold in report.scaffolds:
-        for descriptor, value in scaffold.gates.ListFields():
-            if isinstance(value, float) and not math.isfinite(value):
-                scaffold.gates.ClearField(descriptor.name)
+        _clear_non_finite(scaffold.gates)
+    for signal in report.region_signals:
+        _clear_non_finite(signal)
 
 
 class NarsetTransport:

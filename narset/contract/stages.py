@@ -25,5 +25,6 @@ OCCUPYING_STAGES = LIVE_STAGES | {_S.SCAFFOLD_STAGE_PERMANENT}
 
 
 def stage_name(stage: int) -> str:
-    """`SCAFFOLD_STAGE_GRAFTING` -> `GRAFTING`."""
-    return telemetry_pb2.ScaffoldStage.Name(stage).removeprefix("SCAFFOLD_STAGE_")
+    """`SCAFFOLD_STAGE_GRAFTING` -> `GRAFTING`; `UNKNOWN(99)` for a value stored before reports were checked."""
+    value = telemetry_pb2.ScaffoldStage.DESCRIPTOR.values_by_number.get(stage)
+    return value.name.removeprefix("SCAFFOLD_STAGE_") if value is not None else f"UNKNOWN({stage})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from narset.contract.limits import MAX_BOUNDARY
 from narset.contract.stages import LIVE_STAGES
 from narset.control.decision_log import record_decision
 from narset.control.events import EventHub
@@ -169,11 +170,16 @@ class DecisionEngine:
         return decision
 
     def _embargo(self, job: job_pb2.Job, region: str, boundary: int) -> None:
-        """A failed scaffold embargoes its region; each repeat failure doubles the embargo."""
+        """A failed scaffold embargoes its region; each repeat failure doubles the embargo.
+
+        The end saturates past the last boundary a job may report (an embargo for good) instead of
+        overflowing int64 after many failures or at huge boundaries.
+        """
         policy = job_policy_of(self._store, job.job_id)
         previous = {e.region: e for e in self._store.list_embargoes(job.job_id)}.get(region)
         failures = (previous.failures if previous else 0) + 1
-        length = policy.embargo_ckpts * 2 ** (failures - 1)
+        length = policy.embargo_ckpts * 2 ** min(failures - 1, MAX_BOUNDARY.bit_length())
+        until = min(boundary + length, MAX_BOUNDARY + 1)
         self._store.put_embargo(
-            job.job_id, job_pb2.RegionEmbargo(region=region, until_boundary=boundary + length, failures=failures)
+            job.job_id, job_pb2.RegionEmbargo(region=region, until_boundary=until, failures=failures)
         )

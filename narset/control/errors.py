@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import grpc
 
 from narset.contract import reasons
+from narset.contract.limits import SHOWN_MESSAGE_CHARS, clip
 from narset.contract.scaffold_policy import FieldError
 
 __all__ = ["STATUS_OF_REASON", "Refusal"]
@@ -14,6 +15,7 @@ __all__ = ["STATUS_OF_REASON", "Refusal"]
 # Each reason code always travels with the same gRPC status, so a caller may switch on either.
 STATUS_OF_REASON = {
     reasons.INVALID_FIELD: grpc.StatusCode.INVALID_ARGUMENT,
+    reasons.MALFORMED_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     reasons.BLUEPRINT_DOES_NOT_FIT: grpc.StatusCode.INVALID_ARGUMENT,
     reasons.JOB_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     reasons.MODULE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -41,14 +43,16 @@ class Refusal(Exception):
 
     `reason` is the stable code (narset.contract.reasons), `field` the first bad field, `message` the
     human explanation; `violations` lists every bad field (just `field` unless several were found).
+    Field names and messages are clipped: they may echo a hostile value into statuses and logs.
     """
 
     def __init__(self, reason: str, field: str, message: str, violations: Sequence[FieldError] = ()) -> None:
         self.status = STATUS_OF_REASON[reason]
         self.reason = reason
-        self.field = field
-        self.message = message
-        self.violations = tuple(violations) or (FieldError(field, message),)
+        self.field = field = clip(field)
+        self.message = message = clip(message, SHOWN_MESSAGE_CHARS)
+        clipped = tuple(FieldError(clip(v.field), clip(v.reason, SHOWN_MESSAGE_CHARS)) for v in violations)
+        self.violations = clipped or (FieldError(field, message),)
         super().__init__(f"{field}: {message}")
 
     @classmethod

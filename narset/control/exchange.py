@@ -15,6 +15,7 @@ import structlog
 
 from narset.contract import reasons
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
+from narset.contract.limits import BASE_ID_MAX, MAX_BOUNDARY
 from narset.contract.stages import LIVE_STAGES
 from narset.control.decisions import DecisionEngine
 from narset.control.errors import Refusal
@@ -38,9 +39,30 @@ def _require_finite(field: str, value: float) -> None:
         raise Refusal(reasons.INVALID_FIELD, field, f"must be finite, got {value}")
 
 
+def _check_boundary(field: str, value: int, least: int) -> None:
+    if not least <= value <= MAX_BOUNDARY:
+        raise Refusal(reasons.INVALID_FIELD, field, f"must be in [{least}, {MAX_BOUNDARY}], got {value}")
+
+
+def _check_scaffold_reports(field: str, reports) -> None:
+    """Each scaffold at most once (its state is one row), with its id and a stage."""
+    seen: set[str] = set()
+    for i, scaffold in enumerate(reports):
+        if not scaffold.scaffold_id:
+            raise Refusal(reasons.INVALID_FIELD, f"{field}[{i}].scaffold_id", "is required")
+        if scaffold.scaffold_id in seen:
+            raise Refusal(
+                reasons.INVALID_FIELD,
+                f"{field}[{i}].scaffold_id",
+                f"scaffold '{scaffold.scaffold_id}' is reported twice; report each scaffold once",
+            )
+        if scaffold.stage == telemetry_pb2.SCAFFOLD_STAGE_UNSPECIFIED:
+            raise Refusal(reasons.INVALID_FIELD, f"{field}[{i}].stage", "is required")
+        seen.add(scaffold.scaffold_id)
+
+
 def _check_report(request: worker_service_pb2.ReportBoundaryRequest) -> None:
-    if request.boundary < 1:
-        raise Refusal(reasons.INVALID_FIELD, "report.boundary", f"must be >= 1, got {request.boundary}")
+    _check_boundary("report.boundary", request.boundary, 1)
     if request.step < 0:
         raise Refusal(reasons.INVALID_FIELD, "report.step", f"must be >= 0, got {request.step}")
     if request.HasField("probe_loss"):
@@ -49,9 +71,8 @@ def _check_report(request: worker_service_pb2.ReportBoundaryRequest) -> None:
         _require_finite("report.step_time_ms", request.step_time_ms)
     for name, value in request.metrics.items():
         _require_finite(f"report.metrics[{name}]", value)
+    _check_scaffold_reports("report.scaffolds", request.scaffolds)
     for i, scaffold in enumerate(request.scaffolds):
-        if not scaffold.scaffold_id:
-            raise Refusal(reasons.INVALID_FIELD, f"report.scaffolds[{i}].scaffold_id", "is required")
         _require_finite(f"report.scaffolds[{i}].alpha", scaffold.alpha)
         for descriptor, value in scaffold.gates.ListFields():
             if isinstance(value, float):
@@ -59,6 +80,8 @@ def _check_report(request: worker_service_pb2.ReportBoundaryRequest) -> None:
     for i, result in enumerate(request.results):
         if not result.command_id:
             raise Refusal(reasons.INVALID_FIELD, f"report.results[{i}].command_id", "is required")
+        if result.outcome == telemetry_pb2.COMMAND_OUTCOME_UNSPECIFIED:
+            raise Refusal(reasons.INVALID_FIELD, f"report.results[{i}].outcome", "must be APPLIED or REJECTED")
 
 
 def _check_unique_names(field: str, kind: str, items) -> None:
@@ -72,7 +95,9 @@ def _check_unique_names(field: str, kind: str, items) -> None:
 
 
 def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
-    check_identifier("attach.job_id", request.job_id)
+    check_identifier("attach.job_id", request.job_id, BASE_ID_MAX)
+    _check_boundary("attach.restored.boundary", request.restored.boundary, 0)
+    _check_scaffold_reports("attach.restored.scaffolds", request.restored.scaffolds)
     if request.world_size < 1:
         raise Refusal(reasons.INVALID_FIELD, "attach.world_size", f"must be >= 1, got {request.world_size}")
     if request.capabilities.protocol_version > PROTOCOL_VERSION:
@@ -256,8 +281,8 @@ class Exchange:
         return response
 
     def _record_result(self, job: job_pb2.Job, result: telemetry_pb2.CommandResult) -> None:
-        record = self._store.get_command(result.command_id)
-        if record is None or record.command.job_id != job.job_id:
+        record = self._store.get_command(job.job_id, result.command_id)
+        if record is None:
             # A command Narset never issued (submitted locally in the job): nothing to record.
             log.info("report.foreign_result", job_id=job.job_id, command_id=result.command_id)
             return

@@ -13,6 +13,7 @@ import uuid
 
 from narset.contract import reasons
 from narset.contract.catalogue import blueprint_fit_errors, region_for_module
+from narset.contract.limits import BASE_ID_MAX, ID_MAX, identifier_error, shown
 from narset.contract.scaffold_policy import effective_policy, policy_errors
 from narset.contract.stages import LIVE_STAGES, stage_name
 from narset.control.decision_log import record_decision
@@ -28,7 +29,9 @@ __all__ = ["ACTIONS", "GATES_ISSUER", "IN_FLIGHT", "CommandLedger", "new_command
 ACTIONS = ("deploy", "fold", "prune", "persist", "rollback", "pause", "resume")
 # Commands sent or about to be sent, without a result yet.
 IN_FLIGHT = (command_pb2.COMMAND_STATE_PENDING, command_pb2.COMMAND_STATE_DELIVERED)
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+# The forms of the ids Narset derives for its own commands (decisions.py, tactical.py): a client
+# may not submit one, so no submitted command can hold the id a later decision of the job needs.
+_DERIVED_ID = re.compile(r".+\.(fuse|prune|persist|breaker)\.b[0-9]+|auto\..+\.b[0-9]+")
 MAX_EXTENSIONS = 2
 DEFAULT_EXTRA_CKPTS = 3
 ROLLBACK_DEPTH = 2
@@ -44,13 +47,10 @@ def new_command_id() -> str:
     return f"cmd-{uuid.uuid4().hex[:12]}"
 
 
-def check_identifier(field: str, value: str) -> None:
-    if not _ID_PATTERN.match(value):
-        raise Refusal(
-            reasons.INVALID_FIELD,
-            field,
-            f"must be 1-128 characters of letters, digits and . _ : @ / - (starting alphanumeric), got {value!r}",
-        )
+def check_identifier(field: str, value: str, limit: int = ID_MAX) -> None:
+    error = identifier_error(field, value, limit)
+    if error is not None:
+        raise Refusal(reasons.INVALID_FIELD, error.field, error.reason)
 
 
 class CommandLedger:
@@ -60,19 +60,30 @@ class CommandLedger:
         self._store = store
         self._events = events
 
+    def accept(self, command: command_pb2.AdaptationCommand) -> tuple[command_pb2.CommandRecord, bool]:
+        """`submit` for a command from a client, whose id may not take the form of a derived id."""
+        if _DERIVED_ID.fullmatch(command.command_id):
+            raise Refusal(
+                reasons.INVALID_FIELD,
+                "command.command_id",
+                f"{shown(command.command_id)} has the form of the ids Narset derives for its own commands "
+                f"(<scaffold>.<fuse|prune|persist|breaker>.b<N>, auto.<job>.b<N>); choose another",
+            )
+        return self.submit(command)
+
     def submit(self, command: command_pb2.AdaptationCommand) -> tuple[command_pb2.CommandRecord, bool]:
-        """Validate and enqueue `command`; returns (record, duplicate)."""
-        if command.command_id:
-            check_identifier("command.command_id", command.command_id)
-            existing = self._store.get_command(command.command_id)
-            if existing is not None:
-                return existing, True
+        """Validate and enqueue `command`; returns (record, duplicate). Command ids are scoped per job."""
         if not command.job_id:
             raise Refusal(reasons.INVALID_FIELD, "command.job_id", "is required")
+        if command.command_id:
+            check_identifier("command.command_id", command.command_id)
+            existing = self._store.get_command(command.job_id, command.command_id)
+            if existing is not None:
+                return existing, True
         job = self._store.get_job(command.job_id)
         if job is None:
             raise Refusal(
-                reasons.JOB_NOT_FOUND, "command.job_id", f"no job '{command.job_id}' has attached to this Narset"
+                reasons.JOB_NOT_FOUND, "command.job_id", f"no job {shown(command.job_id)} has attached to this Narset"
             )
         action = command.WhichOneof("action")
         if action is None:
@@ -177,7 +188,10 @@ class CommandLedger:
                 f"max_scaffolds_per_region={job_policy.max_scaffolds_per_region}",
             )
         scaffold_id = deploy.scaffold_id or cmd.command_id
-        check_identifier("deploy.scaffold_id", scaffold_id)
+        error = identifier_error("deploy.scaffold_id", scaffold_id, BASE_ID_MAX)
+        if error is not None:
+            defaulted = "" if deploy.scaffold_id else " (it defaults to the command id; give a shorter scaffold_id)"
+            raise Refusal(reasons.INVALID_FIELD, error.field, error.reason + defaulted)
         if self._store.get_scaffold(job.job_id, scaffold_id) is not None:
             raise Refusal(
                 reasons.SCAFFOLD_EXISTS, "deploy.scaffold_id", f"scaffold '{scaffold_id}' already exists in job"

@@ -7,9 +7,7 @@ The status message stays "field: message" for people; programs read the `google.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 import grpc
 import structlog
@@ -20,10 +18,9 @@ from grpc_status import rpc_status
 from narset.contract import reasons
 from narset.control.errors import Refusal
 
-__all__ = ["abort_refused", "refusals_as_status"]
+__all__ = ["abort_refused"]
 
 log = structlog.get_logger("narset.server")
-Response = TypeVar("Response")
 
 
 def _packed(message) -> any_pb2.Any:
@@ -52,16 +49,3 @@ async def abort_refused(context: grpc.aio.ServicerContext, rpc: str, refusal: Re
     log.info("request.refused", rpc=rpc, code=refusal.status.name, reason=refusal.reason, message=str(refusal))
     await context.abort_with_status(rpc_status.to_status(_refusal_status(refusal)))
     raise AssertionError("unreachable: abort raises") from refusal
-
-
-def refusals_as_status(
-    method: Callable[..., Awaitable[Response]],
-) -> Callable[..., Awaitable[Response]]:
-    @functools.wraps(method)
-    async def wrapper(self, request, context: grpc.aio.ServicerContext) -> Response:
-        try:
-            return await method(self, request, context)
-        except Refusal as refusal:
-            await abort_refused(context, method.__name__, refusal)
-
-    return wrapper

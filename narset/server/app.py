@@ -17,6 +17,7 @@ from narset.control.events import EventHub
 from narset.control.exchange import Exchange
 from narset.control.ledger import CommandLedger
 from narset.control.tactical import TacticalPolicy
+from narset.server.guard import Guard
 from narset.server.operator_service import OperatorService
 from narset.server.settings import ServerSettings
 from narset.server.worker_service import WorkerService
@@ -57,7 +58,8 @@ class NarsetServer:
         events = EventHub(store)
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)]
+            interceptors=[Guard()],
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)],
         )
         ledger = CommandLedger(store, events)
         exchange = Exchange(store, events, DecisionEngine(store, ledger, events), TacticalPolicy(store, ledger, events))

@@ -12,7 +12,6 @@ from narset.control.errors import Refusal
 from narset.control.events import EventHub
 from narset.control.job_policy import job_policy_of, validate_job_policy
 from narset.control.ledger import CommandLedger
-from narset.server._refusals import abort_refused, refusals_as_status
 from narset.store import Store
 from narset.v1 import job_pb2, operator_service_pb2_grpc
 from narset.v1 import operator_service_pb2 as pb
@@ -34,38 +33,32 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
             raise Refusal(reasons.JOB_NOT_FOUND, "job_id", f"no job '{job_id}'")
         return job
 
-    @refusals_as_status
     async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
         return pb.ListJobsResponse(jobs=self._store.list_jobs())
 
-    @refusals_as_status
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
         job = self._job(request.job_id)
         return pb.GetJobResponse(
             job=job, policy=job_policy_of(self._store, job.job_id), embargoes=self._store.list_embargoes(job.job_id)
         )
 
-    @refusals_as_status
     async def ListModules(
         self, request: pb.ListModulesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModulesResponse:
         job = self._job(request.job_id)
         return pb.ListModulesResponse(modules=self._store.list_modules(job.job_id))
 
-    @refusals_as_status
     async def ListBlueprints(
         self, request: pb.ListBlueprintsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListBlueprintsResponse:
         return pb.ListBlueprintsResponse(blueprints=self._store.list_blueprints())
 
-    @refusals_as_status
     async def SubmitCommand(
         self, request: pb.SubmitCommandRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitCommandResponse:
-        record, duplicate = self._ledger.submit(request.command)
+        record, duplicate = self._ledger.accept(request.command)
         return pb.SubmitCommandResponse(record=record, duplicate=duplicate)
 
-    @refusals_as_status
     async def ListScaffolds(
         self, request: pb.ListScaffoldsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListScaffoldsResponse:
@@ -73,7 +66,6 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
         stages = () if request.include_ended else OCCUPYING_STAGES
         return pb.ListScaffoldsResponse(scaffolds=self._store.list_scaffolds(job.job_id, stages))
 
-    @refusals_as_status
     async def GetScaffold(
         self, request: pb.GetScaffoldRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetScaffoldResponse:
@@ -86,26 +78,22 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
         scaffold.history.extend(self._store.scaffold_history(job.job_id, scaffold.scaffold_id))
         return pb.GetScaffoldResponse(scaffold=scaffold)
 
-    @refusals_as_status
     async def ListCommands(
         self, request: pb.ListCommandsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCommandsResponse:
         job = self._job(request.job_id)
         return pb.ListCommandsResponse(commands=self._store.list_commands(job.job_id, request.states))
 
-    @refusals_as_status
     async def ListDecisions(
         self, request: pb.ListDecisionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListDecisionsResponse:
         job = self._job(request.job_id)
         return pb.ListDecisionsResponse(decisions=self._store.list_decisions(job.job_id))
 
-    @refusals_as_status
     async def GetPolicy(self, request: pb.GetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.GetPolicyResponse:
         job = self._job(request.job_id)
         return pb.GetPolicyResponse(policy=job_policy_of(self._store, job.job_id))
 
-    @refusals_as_status
     async def SetPolicy(self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.SetPolicyResponse:
         job = self._job(request.job_id)
         validate_job_policy(request.policy, {b.name for b in self._store.list_blueprints()})
@@ -121,10 +109,7 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
     async def WatchEvents(
         self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchEventsResponse]:
-        try:
-            self._check_watch(request)
-        except Refusal as refusal:
-            await abort_refused(context, "WatchEvents", refusal)
+        self._check_watch(request)
         async for event in self._events.watch(request.job_id, request.after_sequence, request.follow):
             yield pb.WatchEventsResponse(event=event)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 
 from narset.control.exchange import Exchange
-from narset.server._refusals import refusals_as_status
 from narset.v1 import worker_service_pb2 as pb
 from narset.v1 import worker_service_pb2_grpc
 
@@ -16,17 +15,14 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
     def __init__(self, exchange: Exchange) -> None:
         self._exchange = exchange
 
-    @refusals_as_status
     async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> pb.AttachResponse:
         return self._exchange.attach(request)
 
-    @refusals_as_status
     async def ReportBoundary(
         self, request: pb.ReportBoundaryRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportBoundaryResponse:
         return self._exchange.report(request)
 
-    @refusals_as_status
     async def Detach(self, request: pb.DetachRequest, context: grpc.aio.ServicerContext) -> pb.DetachResponse:
         self._exchange.detach(request)
         return pb.DetachResponse()

@@ -88,4 +88,35 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX events_by_job ON events (job_id, sequence);
     """,
+    # 2: command and decision ids are scoped per job: the same id in two jobs names two commands, so
+    # no job can reach or pre-empt another's. Rebuilt with their rows, ledger order (seq) and rowids.
+    """
+    CREATE TABLE commands_scoped (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        command_id TEXT NOT NULL,
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        state INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        scaffold_id TEXT NOT NULL DEFAULT '',
+        body BLOB NOT NULL,
+        UNIQUE (job_id, command_id)
+    );
+    INSERT INTO commands_scoped (seq, command_id, job_id, state, action, scaffold_id, body)
+        SELECT seq, command_id, job_id, state, action, scaffold_id, body FROM commands;
+    DROP TABLE commands;
+    ALTER TABLE commands_scoped RENAME TO commands;
+    CREATE INDEX commands_by_job_state ON commands (job_id, state, seq);
+    CREATE TABLE decisions_scoped (
+        job_id TEXT NOT NULL REFERENCES jobs(job_id),
+        decision_id TEXT NOT NULL,
+        boundary INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (job_id, decision_id)
+    );
+    INSERT INTO decisions_scoped (rowid, job_id, decision_id, boundary, body)
+        SELECT rowid, job_id, decision_id, boundary, body FROM decisions;
+    DROP TABLE decisions;
+    ALTER TABLE decisions_scoped RENAME TO decisions;
+    CREATE INDEX decisions_by_job ON decisions (job_id, boundary);
+    """,
 )

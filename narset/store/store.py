@@ -148,15 +148,19 @@ class Store:
 
     # commands -----------------------------------------------------------------------------------
 
-    def get_command(self, command_id: str) -> command_pb2.CommandRecord | None:
-        return self._one(command_pb2.CommandRecord, "SELECT body FROM commands WHERE command_id = ?", (command_id,))
+    def get_command(self, job_id: str, command_id: str) -> command_pb2.CommandRecord | None:
+        return self._one(
+            command_pb2.CommandRecord,
+            "SELECT body FROM commands WHERE job_id = ? AND command_id = ?",
+            (job_id, command_id),
+        )
 
     def put_command(self, record: command_pb2.CommandRecord) -> None:
         """Insert a new command at the end of the ledger, or update an existing one in place."""
         command = record.command
         self._db.execute(
             "INSERT INTO commands (command_id, job_id, state, action, scaffold_id, body) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(command_id) DO UPDATE SET state = excluded.state, scaffold_id = excluded.scaffold_id, "
+            "ON CONFLICT(job_id, command_id) DO UPDATE SET state = excluded.state, scaffold_id = excluded.scaffold_id, "
             "body = excluded.body",
             (
                 command.command_id,
@@ -169,7 +173,7 @@ class Store:
         )
 
     def list_commands(self, job_id: str, states: Iterable[int] = ()) -> list[command_pb2.CommandRecord]:
-        states = list(states)
+        states = sorted(set(states))
         where = f" AND state IN {_in(states)}" if states else ""
         return self._all(
             command_pb2.CommandRecord, f"SELECT body FROM commands WHERE job_id = ?{where} ORDER BY seq", (job_id,)

@@ -34,11 +34,19 @@ class OperatorServiceStub:
     - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
     - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
     Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
-    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
-    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for
+    a request over the server's message limit (gRPC refuses it unread), and INTERNAL, a fault of Narset
+    itself (a generic message; the server logs it with its traceback).
+
+    Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
+    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
+    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
+    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
+    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
 
     Reasons given here:
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, out of range or inconsistent.
+    - MALFORMED_REQUEST (INVALID_ARGUMENT): the request bytes do not decode as the method's request message.
     - BLUEPRINT_DOES_NOT_FIT (INVALID_ARGUMENT): the blueprint cannot be built on the module with these
     parameters (host type, traits, feature sizes, parameter ranges).
     - JOB_NOT_FOUND (NOT_FOUND): no such job has attached.
@@ -136,11 +144,19 @@ class OperatorServiceServicer:
     - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
     - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
     Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
-    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
-    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for
+    a request over the server's message limit (gRPC refuses it unread), and INTERNAL, a fault of Narset
+    itself (a generic message; the server logs it with its traceback).
+
+    Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
+    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
+    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
+    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
+    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
 
     Reasons given here:
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, out of range or inconsistent.
+    - MALFORMED_REQUEST (INVALID_ARGUMENT): the request bytes do not decode as the method's request message.
     - BLUEPRINT_DOES_NOT_FIT (INVALID_ARGUMENT): the blueprint cannot be built on the module with these
     parameters (host type, traits, feature sizes, parameter ranges).
     - JOB_NOT_FOUND (NOT_FOUND): no such job has attached.
@@ -315,11 +331,19 @@ class OperatorService:
     - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
     - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
     Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
-    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
-    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for
+    a request over the server's message limit (gRPC refuses it unread), and INTERNAL, a fault of Narset
+    itself (a generic message; the server logs it with its traceback).
+
+    Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
+    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
+    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
+    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
+    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
 
     Reasons given here:
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, out of range or inconsistent.
+    - MALFORMED_REQUEST (INVALID_ARGUMENT): the request bytes do not decode as the method's request message.
     - BLUEPRINT_DOES_NOT_FIT (INVALID_ARGUMENT): the blueprint cannot be built on the module with these
     parameters (host type, traits, feature sizes, parameter ranges).
     - JOB_NOT_FOUND (NOT_FOUND): no such job has attached.

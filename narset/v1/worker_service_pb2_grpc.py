@@ -34,11 +34,19 @@ class WorkerServiceStub:
     - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
     - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
     Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
-    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
-    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for
+    a request over the server's message limit (gRPC refuses it unread), and INTERNAL, a fault of Narset
+    itself (a generic message; the server logs it with its traceback).
+
+    Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
+    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
+    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
+    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
+    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
 
     Reasons given here (every code: narset/contract/reasons.py and operator_service.proto):
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, non-finite or out of range.
+    - MALFORMED_REQUEST (INVALID_ARGUMENT): the request bytes do not decode as the method's request message.
     - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
     - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
     - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
@@ -76,11 +84,19 @@ class WorkerServiceServicer:
     - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
     - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
     Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
-    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
-    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for
+    a request over the server's message limit (gRPC refuses it unread), and INTERNAL, a fault of Narset
+    itself (a generic message; the server logs it with its traceback).
+
+    Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
+    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
+    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
+    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
+    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
 
     Reasons given here (every code: narset/contract/reasons.py and operator_service.proto):
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, non-finite or out of range.
+    - MALFORMED_REQUEST (INVALID_ARGUMENT): the request bytes do not decode as the method's request message.
     - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
     - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
     - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
@@ -142,11 +158,19 @@ class WorkerService:
     - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
     - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
     Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
-    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, and
-    RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses it unread).
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for
+    a request over the server's message limit (gRPC refuses it unread), and INTERNAL, a fault of Narset
+    itself (a generic message; the server logs it with its traceback).
+
+    Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
+    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
+    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
+    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
+    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
 
     Reasons given here (every code: narset/contract/reasons.py and operator_service.proto):
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, non-finite or out of range.
+    - MALFORMED_REQUEST (INVALID_ARGUMENT): the request bytes do not decode as the method's request message.
     - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
     - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
     - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
