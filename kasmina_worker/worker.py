@@ -8,6 +8,7 @@ the schedules, and (6) returns a `BoundarySummary`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -65,6 +66,8 @@ class WorkerConfig:
     """Longest a boundary waits for Narset (per call) before training goes on without it."""
     gates: GateConfig = field(default_factory=GateConfig)
     """Bounds on gate measurement (see `kasmina_worker.measure.gate_meter`)."""
+    clock: Callable[[], float] = time.perf_counter
+    """Monotonic clock (seconds) that G5's step time is measured with; tests pass a fake one."""
 
     def __post_init__(self) -> None:
         if self.probe_batches < 1:
@@ -126,7 +129,9 @@ class KasminaWorker:
             transport = NarsetTransport(narset, self._registration, self.config.narset_timeout_s)
         self._transport = transport
         self._teacher = Teacher(model, probe_losses)
-        self._meter = GateMeter(model, self._probe, loss_fn, self._ring, job_regions, self.config.gates)
+        self._meter = GateMeter(
+            model, self._probe, loss_fn, self._ring, job_regions, self.config.gates, self.config.clock
+        )
         self._boundary = 0
         self._exits: list[telemetry_pb2.ScaffoldReport] = []
         self._unreported_reports: list[telemetry_pb2.ScaffoldReport] = []

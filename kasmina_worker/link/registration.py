@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable, Sequence
+from importlib.metadata import version
 
 import torch
 from torch import nn
@@ -14,13 +15,11 @@ from kasmina_worker.parallel.distributed import rank_info
 from kasmina_worker.seeds.blueprints import blueprint_names, get_blueprint
 from kasmina_worker.seeds.hosts import module_info
 from kasmina_worker.seeds.scaffold import Scaffold
-from narset import __version__
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
+from narset.contract.rules import PROTOCOL_VERSION
 from narset.v1 import job_pb2, telemetry_pb2, worker_service_pb2
 
-__all__ = ["PROTOCOL_VERSION", "attach_request", "host_modules"]
-
-PROTOCOL_VERSION = 1
+__all__ = ["attach_request", "host_modules"]
 
 
 def host_modules(root: nn.Module) -> list[job_pb2.ModuleInfo]:
@@ -70,7 +69,7 @@ def attach_request(
             protocol_version=PROTOCOL_VERSION,
             blueprints=blueprint_names(),
             wrapper=wrapper,
-            kasmina_version=__version__,
+            kasmina_version=version("narset-kasmina"),
         ),
         restored=worker_service_pb2.RestoredState(
             boundary=boundary, applied_command_ids=list(applied), scaffolds=scaffolds

@@ -10,7 +10,16 @@ import torch
 
 from narset.v1 import telemetry_pb2
 
-__all__ = ["diversity_index", "drift", "finite", "jitter_p95", "memory_fraction", "put", "svd_energy"]
+__all__ = [
+    "diversity_index",
+    "drift",
+    "finite",
+    "jitter_p95",
+    "memory_fraction",
+    "put",
+    "relative_change",
+    "svd_energy",
+]
 
 JITTER_EPS = 1e-6
 
@@ -124,3 +133,10 @@ def memory_fraction(device: torch.device) -> float | None:
     if limit is not None and 0 < limit < total:
         total = limit
     return rss_kib * 1024 / total
+
+
+def relative_change(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """`‖after - before‖ / ‖before‖` over all site outputs (G3's foldability is 1 minus this)."""
+    diff = torch.sqrt(sum(((a.float() - b.float()) ** 2).sum() for a, b in zip(after, before, strict=True)))
+    norm = torch.sqrt(sum((b.float() ** 2).sum() for b in before))
+    return float(diff / norm.clamp_min(1e-30))

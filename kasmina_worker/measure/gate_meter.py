@@ -41,11 +41,11 @@ from kasmina_worker.measure.gate_formulas import (
     jitter_p95,
     memory_fraction,
     put,
+    relative_change,
     svd_energy,
 )
 from kasmina_worker.measure.region_signals import RegionTracker
-from kasmina_worker.runtime.commands import EXIT_PRUNE, relative_change
-from kasmina_worker.runtime.lifecycle import LiveScaffold
+from kasmina_worker.runtime.lifecycle import EXIT_PRUNE, LiveScaffold
 from kasmina_worker.seeds.fold import FoldError, fold_delta, fold_router
 from kasmina_worker.seeds.scaffold import Scaffold
 from kasmina_worker.seeds.surgery import replace_module
@@ -162,8 +162,10 @@ class GateMeter:
         ring: StepLossRing,
         regions: Sequence[job_pb2.Region],
         config: GateConfig | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.root = root
+        self.clock = clock
         self.probe = list(probe)
         self.loss_fn = loss_fn
         self.ring = ring
@@ -173,7 +175,7 @@ class GateMeter:
         self.baselines_ms: dict[str, float | None] = {}
         """Per live scaffold: the step time of the last interval before its deploy (None: no baseline)."""
         self.last_step_time_ms: float | None = None
-        self._interval_start = (time.perf_counter(), 0)
+        self._interval_start = (self.clock(), 0)
 
     # ---- probe -----------------------------------------------------------------------------
 
@@ -232,7 +234,7 @@ class GateMeter:
             torch.cuda.synchronize(self.device)
         started, start_steps = self._interval_start
         count = steps - start_steps
-        return (time.perf_counter() - started) * 1000.0 / count if count > 0 else None
+        return (self.clock() - started) * 1000.0 / count if count > 0 else None
 
     def measure(self, lives: Mapping[str, LiveScaffold], steps: int) -> BoundaryMeasures:
         """All measures of this boundary; `steps` is the number of `step_loss` calls so far."""
@@ -294,7 +296,7 @@ class GateMeter:
         self.regions.snapshot()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self._interval_start = (time.perf_counter(), steps)
+        self._interval_start = (self.clock(), steps)
 
     # ---- checkpoint state ------------------------------------------------------------------
 
@@ -309,4 +311,4 @@ class GateMeter:
         self.baselines_ms = {sid: None if saved.get(sid) is None else float(saved[sid]) for sid in live}
         last = state.get("last_step_time_ms")
         self.last_step_time_ms = None if last is None else float(last)
-        self._interval_start = (time.perf_counter(), steps)
+        self._interval_start = (self.clock(), steps)

@@ -6,7 +6,7 @@
   declared region, on the parameters' device; nothing is kept when no region is declared.
 * `grad_norm = ‖g‖` (L2 over the region's trainable host parameters) of the gradients present at
   the boundary, i.e. those of the last backward before it; unset when none is present (e.g.
-  `zero_grad(set_to_none=True)` ran after the last step, or the region's host is isolated).
+  `zero_grad(set_to_none=True)` ran after the last step, or `host_mode` frozen holds the host).
 
 A parameter belongs to the first declared region whose glob patterns match its module's qualified
 name or, failing that, the nearest ancestor's (Narset's `region_for_module`, so both sides agree).
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from kasmina_worker.seeds.scaffold import Scaffold
-from narset.contract.catalogue import region_for_module
+from narset.contract.rules import region_for_module
 from narset.v1 import job_pb2, telemetry_pb2
 
 __all__ = ["RegionTracker", "host_parameters"]

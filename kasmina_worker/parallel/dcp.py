@@ -13,6 +13,7 @@ FSDP2, parameter names without wrapper prefixes, via `get_state_dict`), plus
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import torch
@@ -21,7 +22,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from kasmina_worker.parallel.distributed import rank_info
-from kasmina_worker.worker import KasminaWorker
+
+if TYPE_CHECKING:  # the worker calls into this package; only its type is needed here
+    from kasmina_worker.worker import KasminaWorker
 
 __all__ = ["MANIFEST", "load", "save"]
 

@@ -14,20 +14,32 @@ import structlog
 import torch
 from torch import nn
 
-from kasmina_worker.runtime.lifecycle import DeployPlan, LiveScaffold, ScaffoldRuntime
+from kasmina_worker.measure.gate_formulas import relative_change
+from kasmina_worker.runtime.lifecycle import (
+    EXIT_FOLD,
+    EXIT_PRUNE,
+    EXIT_TRANSFER,
+    DeployPlan,
+    LiveScaffold,
+    ScaffoldRuntime,
+)
 from kasmina_worker.seeds.blueprints import get_blueprint
 from kasmina_worker.seeds.fold import FoldError
 from kasmina_worker.seeds.hosts import linear_layout, module_info
 from kasmina_worker.seeds.scaffold import Scaffold
-from narset.contract.catalogue import blueprint_fit_errors, blueprint_param_values, region_for_module
+from narset.contract.rules import (
+    DEFAULT_EXTRA_CKPTS,
+    blueprint_fit_errors,
+    blueprint_param_values,
+    protected_region_error,
+    region_for_module,
+)
 from narset.contract.scaffold_policy import effective_policy, policy_errors
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 
 __all__ = ["CommandApplier", "Rejected"]
 
 log = structlog.get_logger("kasmina")
-
-EXIT_FOLD, EXIT_PRUNE, EXIT_TRANSFER = "fold", "prune", "transfer"
 
 
 class Rejected(Exception):
@@ -99,10 +111,10 @@ class CommandApplier:
                 return live.scaffold_id, f"pruned at once at alpha {with_alpha:.6g} (safety cut)"
             return live.scaffold_id, self._start_exit(live, EXIT_PRUNE, command.command_id, boundary)
         if action == "persist":
-            extra = body.extra_ckpts if body.HasField("extra_ckpts") else 3
+            extra = body.extra_ckpts if body.HasField("extra_ckpts") else DEFAULT_EXTRA_CKPTS
             error = live.schedule.persist_error(extra)
-            if error:
-                raise Rejected("persist.extra_ckpts", error)
+            if error is not None:
+                raise Rejected(error.field, error.reason)
             live.schedule.persist(extra)
             self.runtime.apply_schedule(live)
             return live.scaffold_id, f"ttl extended by {extra} to {live.schedule.state.ttl}"
@@ -127,8 +139,6 @@ class CommandApplier:
         if errors:
             raise Rejected(errors[0].field, errors[0].reason)
         params = blueprint_param_values(spec.proto, given)
-        if deploy.blueprint == "dense_delta" and params.get("bias") and getattr(host, "bias", None) is None:
-            raise Rejected("deploy.blueprint_params.bias", f"module '{name}' has no bias to fold a bias delta into")
         if spec.fold_kind in (job_pb2.FOLD_KIND_LINEAR, job_pb2.FOLD_KIND_LORA) and linear_layout(host) is None:
             raise Rejected("deploy.blueprint", f"blueprint '{deploy.blueprint}' needs a linear layout on '{name}'")
         policy = effective_policy(spec.proto, deploy.policy)
@@ -145,9 +155,9 @@ class CommandApplier:
         ):
             raise Rejected("deploy.scaffold_id", f"scaffold id '{scaffold_id}' is already in use")
         region = deploy.region or region_for_module(self.regions, name) or ""
-        protected = {r.name for r in self.regions if r.protected}
-        if region in protected:
-            raise Rejected("deploy.region", f"region '{region}' is protected and accepts no deploy")
+        protected = protected_region_error(region, self.regions)
+        if protected is not None:
+            raise Rejected(protected.field, protected.reason)
         return DeployPlan(
             scaffold_id=scaffold_id,
             module_name=name,
@@ -282,13 +292,6 @@ class CommandApplier:
             raise Rejected(f"rollback.scaffold.{kind}", f"a later fold on '{module}' must be rolled back first")
         live = self.runtime.rollback(record, boundary)
         return live.scaffold_id, f"restored host '{module}' and scaffold '{live.scaffold_id}'"
-
-
-def relative_change(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
-    """`‖after - before‖ / ‖before‖` over all site outputs (G3's foldability is 1 minus this)."""
-    diff = torch.sqrt(sum(((a.float() - b.float()) ** 2).sum() for a, b in zip(after, before, strict=True)))
-    norm = torch.sqrt(sum((b.float() ** 2).sum() for b in before))
-    return float(diff / norm.clamp_min(1e-30))
 
 
 def exact_alpha(kind: str, fold_kind: int) -> float | None:

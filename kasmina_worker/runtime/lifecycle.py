@@ -20,13 +20,15 @@ from kasmina_worker.seeds.fold import FoldRecord, ParamSwap, fold_delta, fold_ro
 from kasmina_worker.seeds.hosts import module_info
 from kasmina_worker.seeds.scaffold import Scaffold
 from kasmina_worker.seeds.surgery import replace_module
+from narset.contract.rules import FOLD_DEPTH
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 
-__all__ = ["DeployPlan", "LiveScaffold", "ScaffoldRuntime"]
+__all__ = ["EXIT_FOLD", "EXIT_PRUNE", "EXIT_TRANSFER", "DeployPlan", "LiveScaffold", "ScaffoldRuntime"]
+
+# How a scaffold leaves (`LiveScaffold.exit`): folded into the host, removed, or folded by transfer.
+EXIT_FOLD, EXIT_PRUNE, EXIT_TRANSFER = "fold", "prune", "transfer"
 
 log = structlog.get_logger("kasmina")
-
-MAX_FOLD_RECORDS = 2
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -209,7 +211,7 @@ class ScaffoldRuntime:
             self._grow_optimizer(host, swaps, snapshot["optimizer_state"], seed)
             self.growth.append({"module": live.plan.module_name, "hidden": int(live.plan.params.get("hidden", 0))})
         record = FoldRecord(scaffold=snapshot, host_tensors=saved, boundary=boundary)
-        self.folds = [*self.folds, record][-MAX_FOLD_RECORDS:]
+        self.folds = [*self.folds, record][-FOLD_DEPTH:]
         self._log("scaffold_folded", live, boundary=boundary)
         return record
 

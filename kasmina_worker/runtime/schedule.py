@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from narset.contract.rules import persist_error
+from narset.contract.scaffold_policy import FieldError
 from narset.v1 import command_pb2, telemetry_pb2
 
 __all__ = ["AlphaSchedule", "ScheduleConfig", "ScheduleState"]
@@ -60,11 +62,9 @@ class ScheduleConfig:
     """False: permanent growth (alpha ramps to 1 and stays, no TTL)."""
     freeze_host: bool = False
     """True (policy `host_mode: frozen`): the host's parameters are frozen while grafting and holding."""
-    max_extensions: int = 2
-    """PERSIST extensions allowed."""
 
     def __post_init__(self) -> None:
-        for name in ("isolated", "warmup", "hold", "decay", "sunset", "max_extensions"):
+        for name in ("isolated", "warmup", "hold", "decay", "sunset"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.warm_level <= 1.0:
@@ -201,18 +201,12 @@ class AlphaSchedule:
     def resume(self) -> None:
         self.state.paused = False
 
-    def persist_error(self, extra: int) -> str | None:
+    def persist_error(self, extra: int) -> FieldError | None:
         """Why a PERSIST of `extra` boundaries is refused, or None when allowed."""
         c, st = self.config, self.state
         if not c.as_scaffold:
-            return "a permanent (as_scaffold=false) deploy has no TTL to extend"
-        if extra < 1:
-            return f"extra_ckpts must be >= 1, got {extra}"
-        if st.extensions >= c.max_extensions:
-            return f"already extended {st.extensions} times (at most {c.max_extensions})"
-        if st.ttl + extra > 2 * c.ttl:
-            return f"ttl {st.ttl} + {extra} would exceed twice the original ttl {c.ttl}"
-        return None
+            return FieldError("persist.scaffold", "a permanent (as_scaffold=false) deploy has no TTL to extend")
+        return persist_error(st.extensions, st.ttl, c.ttl, extra)
 
     def persist(self, extra: int) -> None:
         """Extend the TTL by `extra` boundaries (check `persist_error` first)."""
@@ -224,4 +218,6 @@ class AlphaSchedule:
 
     @classmethod
     def from_dict(cls, data: dict) -> AlphaSchedule:
-        return cls(ScheduleConfig(**data["config"]), ScheduleState(**data["state"]))
+        # Checkpoints of 0.1.0 stored the extension limit per schedule; it is the contract's rule now.
+        config = {k: v for k, v in data["config"].items() if k != "max_extensions"}
+        return cls(ScheduleConfig(**config), ScheduleState(**data["state"]))

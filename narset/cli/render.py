@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from narset.contract.rules import raised_flags
 from narset.contract.stages import stage_name
-from narset.control.judge import raised_flags
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 
 __all__ = [

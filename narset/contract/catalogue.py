@@ -1,27 +1,15 @@
-"""The built-in blueprint catalogue (docs/design.md, section 4) and the fit check of a blueprint to a host.
+"""The built-in blueprint catalogue (docs/design.md, section 4).
 
-Pure data and pure functions over the contract messages: Narset serves and validates against it,
-Kasmina builds seeds for exactly these names and parameters.
+Pure data over the contract messages: Narset serves and validates against it (with the fit rules
+of `narset.contract.rules`), Kasmina builds seeds for exactly these names and parameters.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import math
-from collections.abc import Iterable, Mapping
-
-from narset.contract.scaffold_policy import FieldError
+from narset.contract.rules import ANY_HOST_TYPE
 from narset.v1 import command_pb2, job_pb2
 
-__all__ = [
-    "ANY_HOST_TYPE",
-    "BUILTIN_BLUEPRINTS",
-    "blueprint_fit_errors",
-    "blueprint_param_values",
-    "region_for_module",
-]
-
-ANY_HOST_TYPE = "*"
+__all__ = ["BUILTIN_BLUEPRINTS"]
 
 
 def _param(name: str, default: float, lo: float, hi: float, integer: bool, description: str):
@@ -97,77 +85,3 @@ BUILTIN_BLUEPRINTS: tuple[job_pb2.Blueprint, ...] = (
         params=[_param("hidden", 0, 0, 65536, True, "expert hidden width; 0: as the host's experts")],
     ),
 )
-
-
-def blueprint_param_values(blueprint: job_pb2.Blueprint, given: Mapping[str, float]) -> dict[str, float]:
-    """Blueprint parameters with defaults filled in (assumes `blueprint_fit_errors` found none)."""
-    values = {p.name: p.default_value for p in blueprint.params}
-    values.update(given)
-    return values
-
-
-def blueprint_fit_errors(
-    blueprint: job_pb2.Blueprint, module: job_pb2.ModuleInfo, params: Mapping[str, float]
-) -> list[FieldError]:
-    """Why `blueprint` cannot be built on `module` with `params`; empty when it fits."""
-    errors: list[FieldError] = []
-    known = {p.name: p for p in blueprint.params}
-    for name, value in params.items():
-        spec = known.get(name)
-        if spec is None:
-            errors.append(
-                FieldError(
-                    f"deploy.blueprint_params.{name}",
-                    f"blueprint '{blueprint.name}' has no parameter '{name}' (known: {', '.join(known) or 'none'})",
-                )
-            )
-        elif not math.isfinite(value) or not spec.min <= value <= spec.max:
-            errors.append(
-                FieldError(f"deploy.blueprint_params.{name}", f"must be in [{spec.min:g}, {spec.max:g}], got {value}")
-            )
-        elif spec.integer and value != int(value):
-            errors.append(FieldError(f"deploy.blueprint_params.{name}", f"must be an integer, got {value}"))
-    if ANY_HOST_TYPE not in blueprint.host_types and module.type not in blueprint.host_types:
-        errors.append(
-            FieldError(
-                "deploy.blueprint",
-                f"blueprint '{blueprint.name}' attaches to {'/'.join(blueprint.host_types)}, "
-                f"but module '{module.name}' is a {module.type}",
-            )
-        )
-    missing = [t for t in blueprint.required_traits if t not in module.traits]
-    if missing:
-        errors.append(
-            FieldError(
-                "deploy.blueprint",
-                f"blueprint '{blueprint.name}' needs a module with trait(s) {', '.join(missing)}; "
-                f"module '{module.name}' ({module.type}) has {', '.join(module.traits) or 'none'}",
-            )
-        )
-    if not module.HasField("in_features") or not module.HasField("out_features"):
-        errors.append(
-            FieldError(
-                "deploy.module",
-                f"module '{module.name}' ({module.type}) has no known input/output feature sizes, "
-                f"which blueprint '{blueprint.name}' needs",
-            )
-        )
-    elif blueprint.name == "lora" and not errors:
-        rank = blueprint_param_values(blueprint, params)["rank"]
-        limit = min(module.in_features, module.out_features)
-        if rank > limit:
-            errors.append(
-                FieldError(
-                    "deploy.blueprint_params.rank",
-                    f"rank {int(rank)} exceeds min(in_features, out_features) = {limit} of module '{module.name}'",
-                )
-            )
-    return errors
-
-
-def region_for_module(regions: Iterable[job_pb2.Region], module: str) -> str | None:
-    """The first region whose glob patterns match the qualified module name."""
-    for region in regions:
-        if any(fnmatch.fnmatchcase(module, pattern) for pattern in region.patterns):
-            return region.name
-    return None

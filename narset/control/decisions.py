@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from narset.contract.limits import MAX_BOUNDARY
+from narset.contract.rules import DEFAULT_EXTRA_CKPTS, persist_error, raised_flags
 from narset.contract.stages import LIVE_STAGES
 from narset.control.decision_log import record_decision
 from narset.control.events import EventHub
 from narset.control.job_policy import job_policy_of
-from narset.control.judge import GateJudgement, raised_flags
-from narset.control.ledger import DEFAULT_EXTRA_CKPTS, GATES_ISSUER, IN_FLIGHT, MAX_EXTENSIONS, CommandLedger
-from narset.control.scaffold_judge import judge_scaffold
+from narset.control.judge import GateJudgement, judge_scaffold
+from narset.control.ledger import GATES_ISSUER, IN_FLIGHT, CommandLedger
 from narset.store import Store
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
 
@@ -27,8 +27,7 @@ BREAKER_ISSUER = "kasmina:breaker"
 
 def _can_extend(scaffold: job_pb2.Scaffold) -> bool:
     return (
-        scaffold.extensions < MAX_EXTENSIONS
-        and scaffold.ttl_ckpts + DEFAULT_EXTRA_CKPTS <= 2 * scaffold.policy.ttl_ckpts
+        persist_error(scaffold.extensions, scaffold.ttl_ckpts, scaffold.policy.ttl_ckpts, DEFAULT_EXTRA_CKPTS) is None
     )
 
 

@@ -25,19 +25,15 @@ class EventHub:
         self._changed = asyncio.Event()
         self._closed = False
 
-    def emit(self, job_id: str, kind: int, message: str, **attributes: object) -> job_pb2.Event:
+    def emit(self, job_id: str, kind: int, message: str, /, **attributes: object) -> job_pb2.Event:
+        """Store and announce an event. Positional-only parameters: any attribute name is free (`kind=`)."""
         event = job_pb2.Event(job_id=job_id, kind=kind, message=message)
         event.created_at.FromNanoseconds(time.time_ns())
         for key, value in attributes.items():
             event.attributes[key] = str(value)
         stored = self._store.append_event(event)
-        log.info(
-            job_pb2.EventKind.Name(kind).removeprefix("EVENT_KIND_").lower(),
-            job_id=job_id,
-            sequence=stored.sequence,
-            message=message,
-            **{k: str(v) for k, v in attributes.items()},
-        )
+        fields = {**event.attributes, "job_id": job_id, "sequence": stored.sequence, "message": message}
+        log.info(job_pb2.EventKind.Name(kind).removeprefix("EVENT_KIND_").lower(), **fields)
         self._wake()
         return stored
 

@@ -16,6 +16,7 @@ import structlog
 from narset.contract import reasons
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
 from narset.contract.limits import BASE_ID_MAX, MAX_BOUNDARY
+from narset.contract.rules import protocol_error
 from narset.contract.stages import LIVE_STAGES
 from narset.control.decisions import DecisionEngine
 from narset.control.errors import Refusal
@@ -30,7 +31,6 @@ __all__ = ["Exchange"]
 
 log = structlog.get_logger("narset.control.exchange")
 
-PROTOCOL_VERSION = 1
 _S = command_pb2
 
 
@@ -100,12 +100,9 @@ def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
     _check_scaffold_reports("attach.restored.scaffolds", request.restored.scaffolds)
     if request.world_size < 1:
         raise Refusal(reasons.INVALID_FIELD, "attach.world_size", f"must be >= 1, got {request.world_size}")
-    if request.capabilities.protocol_version > PROTOCOL_VERSION:
-        raise Refusal(
-            reasons.PROTOCOL_UNSUPPORTED,
-            "attach.capabilities.protocol_version",
-            f"worker speaks protocol {request.capabilities.protocol_version}, this Narset {PROTOCOL_VERSION}",
-        )
+    unsupported = protocol_error(request.capabilities.protocol_version)
+    if unsupported is not None:
+        raise Refusal(reasons.PROTOCOL_UNSUPPORTED, f"attach.{unsupported.field}", unsupported.reason)
     _check_unique_names("attach.modules", "module", request.modules)
     builtin = {b.name for b in BUILTIN_BLUEPRINTS}
     for i, blueprint in enumerate(request.blueprints):

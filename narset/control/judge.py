@@ -1,7 +1,8 @@
-"""Gate verdicts (docs/design.md, section 5): telemetry measured by the worker judged against thresholds.
+"""Narset judges the gates the worker measured (docs/design.md, section 5): verdicts against thresholds.
 
-Pure functions. An unmeasured gate fails. G2's residual gain is computed here, from the probe-loss
-history Narset holds, because only Narset sees the pre-deploy trend.
+`judge` is a pure function; `judge_scaffold` feeds it a stored scaffold's last telemetry. An
+unmeasured gate fails. G2's residual gain is computed here, from the probe-loss history Narset
+holds, because only Narset sees the pre-deploy trend.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from narset.v1 import command_pb2, telemetry_pb2
+from narset.contract.rules import raised_flags
+from narset.store import Store
+from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
 
-__all__ = ["SAFETY_FLAGS", "GateJudgement", "judge", "raised_flags", "residual_gain", "trend_slope"]
+__all__ = ["TREND_WINDOW", "GateJudgement", "judge", "judge_scaffold", "residual_gain", "trend_slope"]
 
-SAFETY_FLAGS = ("non_finite", "loss_spike", "isolation_leak")
-
-
-def raised_flags(gates: telemetry_pb2.GateTelemetry) -> tuple[str, ...]:
-    """The safety flags set in `gates`, in `SAFETY_FLAGS` order."""
-    return tuple(flag for flag in SAFETY_FLAGS if getattr(gates, flag))
+TREND_WINDOW = 5  # pre-deploy boundaries whose probe losses give G2's trend
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +97,24 @@ def judge(
         _verdict("G5.memory", _get(gates, "memory_fraction"), thresholds.memory_fraction_max, le, hard=True),
     )
     return GateJudgement(verdicts=verdicts, flags=raised_flags(gates))
+
+
+def _probe_losses(store: Store, job_id: str, first: int, last: int) -> list[float]:
+    losses = []
+    for _, body in store.report_bodies(job_id, first, last):
+        report = worker_service_pb2.ReportBoundaryRequest.FromString(body)
+        if report.HasField("probe_loss"):
+            losses.append(report.probe_loss)
+    return losses
+
+
+def judge_scaffold(store: Store, scaffold: job_pb2.Scaffold, probe_loss: float | None) -> GateJudgement:
+    """Verdicts of every gate for `scaffold` on its last reported telemetry and `probe_loss` now."""
+    gates = scaffold.gates
+    host_after = None
+    if probe_loss is not None and gates.HasField("transfer_rel_delta"):
+        host_after = probe_loss * (1.0 + gates.transfer_rel_delta)
+    pre = _probe_losses(
+        store, scaffold.job_id, scaffold.deployed_boundary - TREND_WINDOW + 1, scaffold.deployed_boundary
+    )
+    return judge(gates, scaffold.policy.gates, residual_gain(pre, host_after, scaffold.age_ckpts))

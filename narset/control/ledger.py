@@ -12,15 +12,22 @@ import time
 import uuid
 
 from narset.contract import reasons
-from narset.contract.catalogue import blueprint_fit_errors, region_for_module
 from narset.contract.limits import BASE_ID_MAX, ID_MAX, identifier_error, shown
+from narset.contract.rules import (
+    DEFAULT_EXTRA_CKPTS,
+    FOLD_DEPTH,
+    blueprint_fit_errors,
+    persist_error,
+    protected_region_error,
+    region_for_module,
+)
 from narset.contract.scaffold_policy import effective_policy, policy_errors
 from narset.contract.stages import LIVE_STAGES, stage_name
 from narset.control.decision_log import record_decision
 from narset.control.errors import Refusal
 from narset.control.events import EventHub
 from narset.control.job_policy import job_policy_of
-from narset.control.scaffold_judge import judge_scaffold
+from narset.control.judge import judge_scaffold
 from narset.store import Store
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 
@@ -32,9 +39,6 @@ IN_FLIGHT = (command_pb2.COMMAND_STATE_PENDING, command_pb2.COMMAND_STATE_DELIVE
 # The forms of the ids Narset derives for its own commands (decisions.py, tactical.py): a client
 # may not submit one, so no submitted command can hold the id a later decision of the job needs.
 _DERIVED_ID = re.compile(r".+\.(fuse|prune|persist|breaker)\.b[0-9]+|auto\..+\.b[0-9]+")
-MAX_EXTENSIONS = 2
-DEFAULT_EXTRA_CKPTS = 3
-ROLLBACK_DEPTH = 2
 GATES_ISSUER = "narset:gates"  # commands of the decision engine, which has judged the gates already
 _HAND_EXITS = {
     "fold": telemetry_pb2.DECISION_OUTCOME_FUSE,
@@ -230,10 +234,9 @@ class CommandLedger:
             name = region.name
         else:
             name = region_for_module(job.regions, deploy.module) or deploy.module
-        if (name in regions and regions[name].protected) or name in job_policy.protected_regions:
-            raise Refusal(
-                reasons.REGION_PROTECTED, "deploy.region", f"region '{name}' is protected and accepts no deploy"
-            )
+        protected = protected_region_error(name, job.regions, job_policy.protected_regions)
+        if protected is not None:
+            raise Refusal.of(reasons.REGION_PROTECTED, [protected])
         return name
 
     def _check_embargo(self, job: job_pb2.Job, region: str) -> None:
@@ -358,23 +361,11 @@ class CommandLedger:
 
     def _check_persist(self, scaffold: job_pb2.Scaffold, persist: command_pb2.PersistAction) -> None:
         extra = persist.extra_ckpts if persist.HasField("extra_ckpts") else DEFAULT_EXTRA_CKPTS
-        if extra < 1:
-            raise Refusal(reasons.INVALID_FIELD, "persist.extra_ckpts", f"must be >= 1, got {extra}")
+        error = persist_error(scaffold.extensions, scaffold.ttl_ckpts, scaffold.policy.ttl_ckpts, extra)
+        if error is not None:
+            reason = reasons.INVALID_FIELD if extra < 1 else reasons.EXTENSION_LIMIT
+            raise Refusal(reason, error.field, f"scaffold '{scaffold.scaffold_id}': {error.reason}")
         persist.extra_ckpts = extra
-        if scaffold.extensions >= MAX_EXTENSIONS:
-            raise Refusal(
-                reasons.EXTENSION_LIMIT,
-                "persist.scaffold",
-                f"scaffold '{scaffold.scaffold_id}' was already extended {scaffold.extensions} times "
-                f"(at most {MAX_EXTENSIONS})",
-            )
-        limit = 2 * scaffold.policy.ttl_ckpts
-        if scaffold.ttl_ckpts + extra > limit:
-            raise Refusal(
-                reasons.EXTENSION_LIMIT,
-                "persist.extra_ckpts",
-                f"TTL {scaffold.ttl_ckpts} + {extra} would exceed 2x the original TTL ({limit})",
-            )
 
     def _check_rollback(self, job: job_pb2.Job, scaffold: job_pb2.Scaffold) -> None:
         if scaffold.stage != telemetry_pb2.SCAFFOLD_STAGE_FUSED:
@@ -389,11 +380,11 @@ class CommandLedger:
             for r in self._store.list_commands(job.job_id, (command_pb2.COMMAND_STATE_APPLIED,))
             if r.command.WhichOneof("action") == "fold"
         ]
-        recent = folds[-ROLLBACK_DEPTH:]
+        recent = folds[-FOLD_DEPTH:]
         if scaffold.scaffold_id not in recent:
             raise Refusal(
                 reasons.ROLLBACK_UNAVAILABLE,
                 "rollback.scaffold",
-                f"scaffold '{scaffold.scaffold_id}' is not among the last {ROLLBACK_DEPTH} folds of job "
+                f"scaffold '{scaffold.scaffold_id}' is not among the last {FOLD_DEPTH} folds of job "
                 f"'{job.job_id}', whose pre-fold tensors are kept",
             )

@@ -16,7 +16,7 @@ import math
 
 import structlog
 
-from narset.contract.catalogue import blueprint_fit_errors, region_for_module
+from narset.contract.rules import blueprint_fit_errors, protected_region_error, region_for_module
 from narset.contract.stages import LIVE_STAGES, OCCUPYING_STAGES
 from narset.control.decision_log import record_decision
 from narset.control.errors import Refusal
@@ -134,7 +134,6 @@ class TacticalPolicy:
         if blueprint is None:
             return None
         params = dict(policy.auto.blueprint_params)
-        protected = {r.name for r in job.regions if r.protected} | set(policy.protected_regions)
         embargoed = {e.region for e in self._store.list_embargoes(job.job_id) if job.last_boundary < e.until_boundary}
         occupying = self._store.list_scaffolds(job.job_id, OCCUPYING_STAGES)
         occupied = {s.module for s in occupying}
@@ -144,7 +143,7 @@ class TacticalPolicy:
             region = region_for_module(job.regions, module.name) or module.name
             if (
                 region in candidates
-                or region in protected
+                or protected_region_error(region, job.regions, policy.protected_regions)
                 or region in embargoed
                 or module.name in occupied
                 or sum(s.region == region for s in live) >= policy.max_scaffolds_per_region

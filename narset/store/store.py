@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from narset.contract.stages import LIVE_STAGES, OCCUPYING_STAGES
 from narset.store.migrations import MIGRATIONS
-from narset.v1 import command_pb2, job_pb2, telemetry_pb2
+from narset.v1 import command_pb2, job_pb2, operator_service_pb2, telemetry_pb2
 
 __all__ = ["Store"]
 
@@ -56,7 +56,11 @@ class Store:
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
         store = cls(db, path)
-        store._migrate()
+        try:
+            store._migrate()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def close(self) -> None:
@@ -73,11 +77,15 @@ class Store:
                 f"({len(MIGRATIONS)}); upgrade Narset"
             )
         for index in range(version, len(MIGRATIONS)):
-            with self.transaction():
-                for statement in MIGRATIONS[index].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={index + 1}")
+            # The whole script in one transaction: SQLite parses it (a `;` inside a trigger body or a
+            # string is not a statement end), and a failure leaves the schema as it was.
+            script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[index]}\nPRAGMA user_version={index + 1};\nCOMMIT;"
+            try:
+                self._db.executescript(script)
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
             log.info("store.migrated", path=self.path, schema_version=index + 1)
 
     @contextmanager
@@ -105,19 +113,45 @@ class Store:
 
     # jobs ---------------------------------------------------------------------------------------
 
+    # A job's session credential lives only as a digest in its own column (`set_session`): bodies never
+    # hold it, and those written before schema 3 have it cleared as they are read.
+
     def get_job(self, job_id: str) -> job_pb2.Job | None:
-        return self._one(job_pb2.Job, "SELECT body FROM jobs WHERE job_id = ?", (job_id,))
+        job = self._one(job_pb2.Job, "SELECT body FROM jobs WHERE job_id = ?", (job_id,))
+        if job is not None:
+            job.ClearField("session_id")
+        return job
 
     def list_jobs(self) -> list[job_pb2.Job]:
-        return self._all(job_pb2.Job, "SELECT body FROM jobs ORDER BY job_id")
+        jobs = self._all(job_pb2.Job, "SELECT body FROM jobs ORDER BY job_id")
+        for job in jobs:
+            job.ClearField("session_id")
+        return jobs
 
     def put_job(self, job: job_pb2.Job) -> None:
+        body = job_pb2.Job()
+        body.CopyFrom(job)
+        body.ClearField("session_id")
         self._db.execute(
-            "INSERT INTO jobs (job_id, state, session_id, last_boundary, body) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(job_id) DO UPDATE SET state = excluded.state, session_id = excluded.session_id, "
+            "INSERT INTO jobs (job_id, state, session_id, last_boundary, body) VALUES (?, ?, '', ?, ?) "
+            "ON CONFLICT(job_id) DO UPDATE SET state = excluded.state, "
             "last_boundary = excluded.last_boundary, body = excluded.body",
-            (job.job_id, job.state, job.session_id, job.last_boundary, job.SerializeToString()),
+            (job.job_id, job.state, job.last_boundary, body.SerializeToString()),
         )
+
+    def set_session(self, job_id: str, digest: str) -> None:
+        """Make `digest` (the SHA-256 of a worker credential) the job's current session."""
+        self._db.execute("UPDATE jobs SET session_id = ? WHERE job_id = ?", (digest, job_id))
+
+    def session_digest(self, job_id: str) -> str | None:
+        row = self._db.execute("SELECT session_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def job_of_session(self, digest: str) -> str | None:
+        """The job whose current session has credential digest `digest`, if any."""
+        row = self._db.execute("SELECT job_id FROM jobs WHERE session_id = ? AND session_id != ''", (digest,))
+        found = row.fetchone()
+        return found[0] if found else None
 
     def replace_modules(self, job_id: str, modules: Iterable[job_pb2.ModuleInfo]) -> None:
         self._db.execute("DELETE FROM modules WHERE job_id = ?", (job_id,))
@@ -323,3 +357,54 @@ class Store:
             event.sequence = seq
             events.append(event)
         return events
+
+    # audit ----------------------------------------------------------------------------------------
+    # Append and read only: the store offers no way to change or remove an entry, and the schema's
+    # triggers refuse an UPDATE or DELETE from anywhere else.
+
+    def append_audit(self, entry: operator_service_pb2.AuditEntry) -> None:
+        self._db.execute(
+            "INSERT INTO audit (at_ns, principal, role, peer, method, job_id, command_id, outcome, reason, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.at.ToNanoseconds(),
+                entry.principal,
+                entry.role,
+                entry.peer,
+                entry.method,
+                entry.job_id,
+                entry.command_id,
+                entry.outcome,
+                entry.reason,
+                entry.detail,
+            ),
+        )
+
+    def list_audit(self, job_id: str, after: int, limit: int) -> list[operator_service_pb2.AuditEntry]:
+        """Entries after sequence `after`, oldest first, of `job_id` (every entry for "")."""
+        where = "sequence > ?" + (" AND job_id = ?" if job_id else "")
+        params = (after, job_id) if job_id else (after,)
+        rows = self._db.execute(
+            "SELECT sequence, at_ns, principal, role, peer, method, job_id, command_id, outcome, reason, detail "
+            f"FROM audit WHERE {where} ORDER BY sequence LIMIT ?",
+            (*params, limit),
+        )
+        return [_audit_entry(row) for row in rows.fetchall()]
+
+
+def _audit_entry(row: tuple) -> operator_service_pb2.AuditEntry:
+    sequence, at_ns, principal, role, peer, method, job_id, command_id, outcome, reason, detail = row
+    entry = operator_service_pb2.AuditEntry(
+        sequence=sequence,
+        principal=principal,
+        role=role,
+        peer=peer,
+        method=method,
+        job_id=job_id,
+        command_id=command_id,
+        outcome=outcome,
+        reason=reason,
+        detail=detail,
+    )
+    entry.at.FromNanoseconds(at_ns)
+    return entry

@@ -7,6 +7,9 @@ import torch
 from kasmina_testing import MLP, MoEModel, deploy, on, result_ok, schedule
 
 from kasmina_worker import KasminaWorker
+from kasmina_worker.seeds.blueprints import get_blueprint
+from kasmina_worker.seeds.hosts import module_info
+from narset.contract import rules
 from narset.v1 import command_pb2, telemetry_pb2
 
 
@@ -66,6 +69,21 @@ BAD = [
     ),
     (command_pb2.AdaptationCommand(), "action", "no action set"),
 ]
+
+
+def test_dense_delta_bias_on_a_host_without_bias_is_refused_by_the_contract_rule():
+    """The worker refuses a bias delta for a bias-less host with the same field and words as Narset's rule."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False))
+    _, _, worker = _worker(model)
+    worker.submit(deploy("0", "dense_delta", blueprint_params={"bias": 1}))
+    (result,) = worker.checkpoint(step=1).results
+    assert result.outcome == telemetry_pb2.COMMAND_OUTCOME_REJECTED
+    expected = rules.blueprint_fit_errors(get_blueprint("dense_delta").proto, module_info("0", model[0]), {"bias": 1})
+    assert (
+        result.message
+        == str(expected[0])
+        == "deploy.blueprint_params.bias: module '0' has no bias to fold a bias delta into"
+    )
 
 
 @pytest.mark.parametrize("command,field,reason", BAD, ids=[f"{i}-{b[1]}" for i, b in enumerate(BAD)])
@@ -146,10 +164,10 @@ def test_persist_extends_ttl_at_most_twice_and_never_past_twice_the_original():
     worker.submit(on("persist", scaffold_id="local-1", command_id="p3", extra_ckpts=1))
     results = worker.checkpoint(step=1).results
     assert [r.outcome for r in results] == [1, 2, 1]
-    assert results[1].message == "persist.extra_ckpts: ttl 8 + 3 would exceed twice the original ttl 5"
+    assert results[1].message == "persist.extra_ckpts: TTL 8 + 3 would exceed 2x the original TTL (10)"
     worker.submit(on("persist", scaffold_id="local-1", command_id="p4", extra_ckpts=1))
     (result,) = worker.checkpoint(step=2).results
-    assert result.message == "persist.extra_ckpts: already extended 2 times (at most 2)"
+    assert result.message == "persist.scaffold: already extended 2 times (at most 2)"
     assert worker.checkpoint(step=3).report.scaffolds[0].ttl_ckpts == 9
 
 

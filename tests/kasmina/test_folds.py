@@ -168,20 +168,26 @@ def test_rollback_restores_host_and_scaffold_bit_for_bit(model_cls, module, blue
 
 
 def test_only_the_last_two_folds_are_kept():
-    """Fold diffs are kept for the last 2 folds; an older fold can no longer be rolled back."""
+    """Fold diffs are kept for the last 2 folds: both roll back bit for bit; an older fold can no longer."""
     torch.manual_seed(0)
     model = MLP()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     worker = KasminaWorker(model, optimizer, job="keep")
+    pre_fold = []
     for i, module in enumerate(["fc1", "fc2", "fc1"]):
         worker.submit(deploy(module, "lora", command_id=f"d{i}", blueprint_params={"rank": 2}))
         worker.checkpoint(step=2 * i)
+        pre_fold.append(worker.model.get_submodule(module).host.weight.detach().clone())
         worker.submit(on("fold", command_id=f"f{i}", scaffold_id=f"d{i}"))
         result_ok(worker.checkpoint(step=2 * i + 1))
     worker.submit(on("rollback", command_id="r", scaffold_id="d0"))
     assert worker.checkpoint(step=9).results[0].message.startswith("rollback.scaffold.scaffold_id:")
     worker.submit(on("rollback", command_id="r2", scaffold_id="d2"))
     result_ok(worker.checkpoint(step=10))
+    assert torch.equal(worker.model.get_submodule("fc1").host.weight, pre_fold[2])
+    worker.submit(on("rollback", command_id="r1", scaffold_id="d1"))
+    result_ok(worker.checkpoint(step=11))
+    assert torch.equal(worker.model.get_submodule("fc2").host.weight, pre_fold[1])
 
 
 def test_fold_refuses_non_finite_values_and_leaves_host_untouched():

@@ -242,12 +242,11 @@ def test_diversity_is_high_for_random_features_and_low_for_collapsed_ones():
     assert diversity_index([torch.randn(1, 16, generator=g)]) is None
 
 
-def test_step_time_ratio_needs_a_baseline_and_is_one_when_nothing_changed(monkeypatch):
+def test_step_time_ratio_needs_a_baseline_and_is_one_when_nothing_changed():
     """No baseline (deployed before any step): unset; with a pre-deploy interval and equal step times: exactly 1."""
     clock = FakeClock(0.01)
-    monkeypatch.setattr("kasmina_worker.measure.gate_meter.time.perf_counter", clock)
     model = _model()
-    worker, optimizer = _worker(model)
+    worker, optimizer = _worker(model, config=WorkerConfig(clock=clock))
     worker.submit(deploy("0", "lora", command_id="early", policy=_warm()))
     first = worker.checkpoint(step=0)
     assert not first.report.HasField("step_time_ms")  # no step in the interval

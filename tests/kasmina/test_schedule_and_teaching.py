@@ -65,7 +65,7 @@ def test_pause_persist_and_sunset():
     schedule.advance()
     schedule.advance()
     assert schedule.stage() == S.SCAFFOLD_STAGE_EVALUATING
-    assert schedule.persist_error(3) == "ttl 2 + 3 would exceed twice the original ttl 2"
+    assert str(schedule.persist_error(3)) == "persist.extra_ckpts: TTL 2 + 3 would exceed 2x the original TTL (4)"
     schedule.persist(2)
     assert schedule.stage() == S.SCAFFOLD_STAGE_HOLD
     schedule.start_sunset(0.0)
@@ -80,7 +80,10 @@ def test_permanent_growth_ramps_to_one_and_stays():
     walk = _walk(schedule, 30)
     assert walk[0][:2] == (S.SCAFFOLD_STAGE_GRAFTING, 0.5)
     assert all(w[:2] == (S.SCAFFOLD_STAGE_PERMANENT, 1.0) for w in walk[2:])
-    assert schedule.persist_error(1) == "a permanent (as_scaffold=false) deploy has no TTL to extend"
+    assert (
+        str(schedule.persist_error(1))
+        == "persist.scaffold: a permanent (as_scaffold=false) deploy has no TTL to extend"
+    )
 
 
 @pytest.mark.parametrize(

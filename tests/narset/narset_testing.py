@@ -65,6 +65,13 @@ MODULES = [
     job_pb2.ModuleInfo(name="encoder.act", type="ReLU"),
     job_pb2.ModuleInfo(name="moe", type="TopKMoE", in_features=8, out_features=8, traits=["moe"]),
     linear("head", 8, 4),
+    job_pb2.ModuleInfo(
+        name="decoder.no_bias",
+        type="Linear",
+        in_features=8,
+        out_features=8,
+        parameters=[job_pb2.ParameterInfo(name="weight", shape=[8, 8], dtype="float32")],
+    ),
 ]
 REGIONS = [
     job_pb2.Region(name="encoder", patterns=["encoder.*"]),

@@ -110,7 +110,7 @@ def test_attach_refuses_malformed_registration(worker_stub):
     }
     duplicate = attach_request()
     duplicate.modules.append(duplicate.modules[0])
-    cases["attach.modules[9].name"] = duplicate
+    cases[f"attach.modules[{len(duplicate.modules) - 1}].name"] = duplicate
     no_pattern = attach_request()
     del no_pattern.regions[0].patterns[:]
     cases["attach.regions[0].patterns"] = no_pattern

@@ -76,6 +76,12 @@ REFUSALS = {
         reasons.BLUEPRINT_DOES_NOT_FIT,
         "deploy.blueprint_params.rank",
     ),
+    "dense_delta bias on a host without bias": (
+        deploy("decoder.no_bias", "dense_delta", params={"bias": 1}),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        reasons.BLUEPRINT_DOES_NOT_FIT,
+        "deploy.blueprint_params.bias",
+    ),
     "unknown blueprint parameter": (
         deploy("encoder.fc1", params={"depth": 2}),
         grpc.StatusCode.INVALID_ARGUMENT,

@@ -1,0 +1,186 @@
+"""Every rule of the protocol that both planes apply, written once.
+
+Narset checks a command at submit time and Kasmina checks it again when it applies it (the worker
+may run without Narset, and a stale Narset may have queued it). Both call the same function here
+for the same check, so the two can never disagree on what is allowed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Mapping
+
+from narset.contract.scaffold_policy import FieldError
+from narset.v1 import job_pb2, telemetry_pb2
+
+__all__ = [
+    "ANY_HOST_TYPE",
+    "DEFAULT_EXTRA_CKPTS",
+    "FOLD_DEPTH",
+    "MAX_EXTENSIONS",
+    "PROTOCOL_VERSION",
+    "SAFETY_FLAGS",
+    "TTL_LIMIT_FACTOR",
+    "blueprint_fit_errors",
+    "blueprint_param_values",
+    "persist_error",
+    "protected_region_error",
+    "protocol_error",
+    "raised_flags",
+    "region_for_module",
+    "ttl_limit",
+]
+
+# The version of the worker protocol this code speaks; a worker newer than its Narset is refused.
+PROTOCOL_VERSION = 1
+# PERSIST: at most this many extensions, each of DEFAULT_EXTRA_CKPTS boundaries unless the command
+# says otherwise, and never beyond TTL_LIMIT_FACTOR times the original TTL.
+MAX_EXTENSIONS = 2
+DEFAULT_EXTRA_CKPTS = 3
+TTL_LIMIT_FACTOR = 2
+# The worker keeps the exact pre-fold host tensors of this many most recent folds: the rollback depth.
+FOLD_DEPTH = 2
+# Safety flags a worker raises in a scaffold's gate telemetry; any one prunes at once.
+SAFETY_FLAGS = ("non_finite", "loss_spike", "isolation_leak")
+# A blueprint whose `host_types` holds this attaches to any module type.
+ANY_HOST_TYPE = "*"
+
+
+def protocol_error(version: int) -> FieldError | None:
+    """Why a worker speaking protocol `version` cannot attach, or None."""
+    if version > PROTOCOL_VERSION:
+        return FieldError(
+            "capabilities.protocol_version",
+            f"worker speaks protocol {version}, this Narset {PROTOCOL_VERSION}",
+        )
+    return None
+
+
+def ttl_limit(original_ttl: int) -> int:
+    """The longest a scaffold may live, extensions included."""
+    return TTL_LIMIT_FACTOR * original_ttl
+
+
+def persist_error(extensions: int, ttl: int, original_ttl: int, extra: int) -> FieldError | None:
+    """Why extending a scaffold's TTL (now `ttl`, `extensions` times extended) by `extra` is refused."""
+    if extra < 1:
+        return FieldError("persist.extra_ckpts", f"must be >= 1, got {extra}")
+    if extensions >= MAX_EXTENSIONS:
+        return FieldError("persist.scaffold", f"already extended {extensions} times (at most {MAX_EXTENSIONS})")
+    limit = ttl_limit(original_ttl)
+    if ttl + extra > limit:
+        return FieldError(
+            "persist.extra_ckpts",
+            f"TTL {ttl} + {extra} would exceed {TTL_LIMIT_FACTOR}x the original TTL ({limit})",
+        )
+    return None
+
+
+def region_for_module(regions: Iterable[job_pb2.Region], module: str) -> str | None:
+    """The first region whose glob patterns match the qualified module name."""
+    for region in regions:
+        if any(fnmatch.fnmatchcase(module, pattern) for pattern in region.patterns):
+            return region.name
+    return None
+
+
+def protected_region_error(
+    region: str, regions: Iterable[job_pb2.Region], also_protected: Iterable[str] = ()
+) -> FieldError | None:
+    """Why a deploy into `region` is refused as protected (by the job's regions or its policy), or None."""
+    protected = {r.name for r in regions if r.protected} | set(also_protected)
+    if region in protected:
+        return FieldError("deploy.region", f"region '{region}' is protected and accepts no deploy")
+    return None
+
+
+def raised_flags(gates: telemetry_pb2.GateTelemetry) -> tuple[str, ...]:
+    """The safety flags set in `gates`, in `SAFETY_FLAGS` order."""
+    return tuple(flag for flag in SAFETY_FLAGS if getattr(gates, flag))
+
+
+def blueprint_param_values(blueprint: job_pb2.Blueprint, given: Mapping[str, float]) -> dict[str, float]:
+    """Blueprint parameters with defaults filled in (assumes `blueprint_fit_errors` found none)."""
+    values = {p.name: p.default_value for p in blueprint.params}
+    values.update(given)
+    return values
+
+
+def _param_errors(blueprint: job_pb2.Blueprint, params: Mapping[str, float]) -> list[FieldError]:
+    errors: list[FieldError] = []
+    known = {p.name: p for p in blueprint.params}
+    for name, value in params.items():
+        field = f"deploy.blueprint_params.{name}"
+        spec = known.get(name)
+        if spec is None:
+            known_names = ", ".join(known) or "none"
+            errors.append(
+                FieldError(field, f"blueprint '{blueprint.name}' has no parameter '{name}' (known: {known_names})")
+            )
+        elif not math.isfinite(value) or not spec.min <= value <= spec.max:
+            errors.append(FieldError(field, f"must be in [{spec.min:g}, {spec.max:g}], got {value}"))
+        elif spec.integer and value != int(value):
+            errors.append(FieldError(field, f"must be an integer, got {value}"))
+    return errors
+
+
+def _host_errors(blueprint: job_pb2.Blueprint, module: job_pb2.ModuleInfo) -> list[FieldError]:
+    errors: list[FieldError] = []
+    if ANY_HOST_TYPE not in blueprint.host_types and module.type not in blueprint.host_types:
+        errors.append(
+            FieldError(
+                "deploy.blueprint",
+                f"blueprint '{blueprint.name}' attaches to {'/'.join(blueprint.host_types)}, "
+                f"but module '{module.name}' is a {module.type}",
+            )
+        )
+    missing = [t for t in blueprint.required_traits if t not in module.traits]
+    if missing:
+        errors.append(
+            FieldError(
+                "deploy.blueprint",
+                f"blueprint '{blueprint.name}' needs a module with trait(s) {', '.join(missing)}; "
+                f"module '{module.name}' ({module.type}) has {', '.join(module.traits) or 'none'}",
+            )
+        )
+    if not module.HasField("in_features") or not module.HasField("out_features"):
+        errors.append(
+            FieldError(
+                "deploy.module",
+                f"module '{module.name}' ({module.type}) has no known input/output feature sizes, "
+                f"which blueprint '{blueprint.name}' needs",
+            )
+        )
+    return errors
+
+
+def _blueprint_specific_errors(
+    blueprint: job_pb2.Blueprint, module: job_pb2.ModuleInfo, values: Mapping[str, float]
+) -> list[FieldError]:
+    """The checks one built-in blueprint adds to the generic ones, on parameters that passed those."""
+    if blueprint.name == "lora":
+        limit = min(module.in_features, module.out_features)
+        if values["rank"] > limit:
+            return [
+                FieldError(
+                    "deploy.blueprint_params.rank",
+                    f"rank {int(values['rank'])} exceeds min(in_features, out_features) = {limit} "
+                    f"of module '{module.name}'",
+                )
+            ]
+    if blueprint.name == "dense_delta" and values.get("bias") and "bias" not in {p.name for p in module.parameters}:
+        return [
+            FieldError("deploy.blueprint_params.bias", f"module '{module.name}' has no bias to fold a bias delta into")
+        ]
+    return []
+
+
+def blueprint_fit_errors(
+    blueprint: job_pb2.Blueprint, module: job_pb2.ModuleInfo, params: Mapping[str, float]
+) -> list[FieldError]:
+    """Why `blueprint` cannot be built on `module` with `params`; empty when it fits."""
+    errors = [*_param_errors(blueprint, params), *_host_errors(blueprint, module)]
+    if errors:
+        return errors
+    return _blueprint_specific_errors(blueprint, module, blueprint_param_values(blueprint, params))
