@@ -6,8 +6,8 @@ Prints, timed side by side (each round runs one training step of both candidates
 which goes first, so machine drift and cache state hit both alike; ratios are the median of the
 per-round ratios, with their interquartile range):
 1. the untouched model vs `worker.model` with nothing deployed (target 1.00x);
-2. a scaffolded model (LoRA, weaning: host and seed both train) trained through the worker
-   (`step_loss` included) vs a hand-written module computing the same host + seed + lerp
+2. a scaffolded model (LoRA: host and seed both train) trained through the worker
+   (`step_loss` included) vs a hand-written module computing the same host + alpha·seed
    (target <= 1.03x);
 3. the extra memory of a live scaffold (persistent tensors, and tensors saved for backward per
    step) vs its seed's parameters + gradients + optimiser state.
@@ -38,7 +38,7 @@ def make_model(width: int, depth: int) -> nn.Sequential:
 
 
 class HandBlend(nn.Module):
-    """What a scaffold computes, written by hand: lerp(h, h.detach() + scaling·B·A·x, alpha)."""
+    """What a scaffold computes, written by hand: h + alpha·scaling·B·A·x."""
 
     def __init__(self, host: nn.Linear, a: torch.Tensor, b: torch.Tensor, scaling: float, alpha: float) -> None:
         super().__init__()
@@ -49,9 +49,7 @@ class HandBlend(nn.Module):
         self.register_buffer("alpha", torch.tensor(alpha))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.host(x)
-        s = h.detach() + F.linear(F.linear(x, self.a), self.b) * self.scaling
-        return torch.lerp(h, s, self.alpha)
+        return self.host(x) + self.alpha * (F.linear(F.linear(x, self.a), self.b) * self.scaling)
 
 
 def step_fn(model: nn.Module, optimizer, x, y, loss_hook: Callable = lambda loss: loss) -> Callable[[], None]:
@@ -162,7 +160,7 @@ def main() -> None:
     print("\n1. nothing deployed (target 1.00x)")
     print_pair("untouched model", "worker.model", result)
 
-    # 2. scaffold vs hand-written blend, both weaning (host and seed train).
+    # 2. scaffold vs hand-written blend (host and seed train).
     scaffolded = make_model(args.width, args.depth)
     hand = copy.deepcopy(scaffolded)
     opt_s = torch.optim.Adam(scaffolded.parameters(), lr=1e-4)
@@ -178,7 +176,7 @@ def main() -> None:
         )
     )
     worker.checkpoint(step=0)
-    worker.checkpoint(step=1)  # now weaning: alpha < warm, isolation 0
+    worker.checkpoint(step=1)  # now weaning: alpha < warm
     scaffold = worker.scaffolds["local-1"]
     nn.init.normal_(scaffold.seed.b, std=0.01)
     hand[2] = HandBlend(
@@ -189,9 +187,7 @@ def main() -> None:
         assert torch.allclose(hand(x), scaffolded(x), atol=1e-6), "hand-written reference must compute the same"
     hand_step = step_fn(wrap(hand) if wrap else hand, opt_h, x, y)
     result = paired(hand_step, step_fn(worker.model, opt_s, x, y, worker.step_loss), args.rounds)
-    print(
-        f"\n2. one live LoRA scaffold (rank {args.rank}, weaning, alpha {float(scaffold.alpha):.3f}) (target <= 1.03x)"
-    )
+    print(f"\n2. one live LoRA scaffold (rank {args.rank}, alpha {float(scaffold.alpha):.3f}) (target <= 1.03x)")
     print_pair("hand-written blend", "Kasmina scaffold", result)
 
     # 3. memory of a live scaffold vs its seed's params + grads + optimiser state.

@@ -93,8 +93,8 @@ class Scaffold(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         h = self.host(x, *args, **kwargs)
         s = self.seed(_FiniteGrad.apply(x), h, self.host)
-        # The fp32 0-dim weights need no cast: a 0-dim tensor does not promote a bf16/fp16 blend,
-        # and lerp rounds the weight to the blend's dtype exactly as a cast would (the fold uses it).
+        # The fp32 0-dim alpha needs no cast: a 0-dim tensor does not promote a bf16/fp16 blend, and
+        # addcmul / lerp round it to the blend's dtype exactly as a cast would (the fold uses that value).
         y = _Blend.apply(h, s, self.alpha, self.additive)
         if self.record_site:
             self.site = SiteTensors(h, h.detach() + s if self.additive else s)

@@ -14,7 +14,7 @@ from torch._dynamo.backends.registry import lookup_backend
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from kasmina_worker import KasminaWorker
-from narset.v1 import telemetry_pb2
+from narset.v1 import command_pb2, telemetry_pb2
 
 STEPS, EVERY, FOLD_AT = 100, 5, 17
 compiles = 0
@@ -42,6 +42,7 @@ def main() -> None:
         model, optimizer, job="compile", wrap=lambda m: torch.compile(DDP(m), backend=counting_backend)
     )
     policy = schedule(isolated_ckpts=1, warmup_ckpts=8, decay_ckpts=8)
+    policy.host_mode = command_pb2.HOST_MODE_FROZEN  # freezing and weaning are structural changes too
     worker.submit(deploy("fc1", "lora", command_id="d1", blueprint_params={"rank": 4}, policy=policy))
     structural, alphas, boundary, fresh = 0, [], 0, True
     for step in range(STEPS):

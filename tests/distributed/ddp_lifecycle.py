@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from kasmina_worker import KasminaWorker
 from kasmina_worker.parallel.distributed import RankDisagreement
-from narset.v1 import telemetry_pb2
+from narset.v1 import command_pb2, telemetry_pb2
 
 BOUNDARIES = 8
 FOLD_AT = 7  # mid-decay (weaning), alpha 0.25: the fold is exact at any alpha, so test it where it is not trivial
@@ -40,6 +40,7 @@ def main() -> None:
     probe = [batch(500 + i, 0) for i in range(2)]
     worker = KasminaWorker(model, optimizer, job="ddp", probe=probe, loss_fn=F.mse_loss, wrap=DDP)
     policy = schedule(isolated_ckpts=1, warmup_ckpts=2, hold_ckpts=1, decay_ckpts=4)
+    policy.host_mode = command_pb2.HOST_MODE_FROZEN  # freezing and weaning are structural changes too
     worker.submit(deploy("fc1", "lora", command_id="d1", blueprint_params={"rank": 4}, policy=policy))
     if rank == 1:
         # Ignored: only rank 0's queue counts.

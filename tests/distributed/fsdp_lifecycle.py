@@ -17,17 +17,13 @@ from torch.distributed.tensor import DTensor
 
 from kasmina_worker import KasminaWorker
 from kasmina_worker.parallel import dcp
-from narset.v1 import telemetry_pb2
+from narset.v1 import command_pb2, telemetry_pb2
 
 BOUNDARIES, SAVE_AT, STEPS = 10, 5, 2
+FROZEN = schedule(isolated_ckpts=1, warmup_ckpts=2, hold_ckpts=1, decay_ckpts=4)
+FROZEN.host_mode = command_pb2.HOST_MODE_FROZEN  # freezing and weaning are structural changes too
 COMMANDS = {
-    1: deploy(
-        "fc1",
-        "lora",
-        command_id="d1",
-        blueprint_params={"rank": 4},
-        policy=schedule(isolated_ckpts=1, warmup_ckpts=2, hold_ckpts=1, decay_ckpts=4),
-    ),
+    1: deploy("fc1", "lora", command_id="d1", blueprint_params={"rank": 4}, policy=FROZEN),
     7: on("fold", command_id="f1", scaffold_id="d1"),
     8: on("rollback", command_id="r1", scaffold_id="d1"),
     9: on("fold", command_id="f2", scaffold_id="d1"),

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 def test_compiled_ddp_recompiles_once_per_structural_change(tmp_path):
     """100 steps, a boundary every 5, alpha changing at every boundary of the scaffold's life:
     every step but the first after a rebuild runs under fail_on_recompile, and the number of
-    compiles equals the number of structural changes (deploy, isolation, weaning, fold)."""
+    compiles equals the number of structural changes (deploy, frozen host, weaning, fold)."""
     run = run_torchrun("compile_ddp.py", tmp_path / "result.json")
     assert run["structural"] == 4
     assert run["compiles"] == run["structural"] == run["rebuilds"]

@@ -15,7 +15,7 @@ def ddp_run(tmp_path_factory) -> dict:
 
 def test_ddp_params_bit_identical_and_rebuilt_only_on_structural_change(ddp_run):
     """After every boundary all parameters agree bit for bit (asserted in the script); a boundary
-    rebuilds the DDP wrapper exactly when its structure changed: deploy, isolation, weaning, fold."""
+    rebuilds the DDP wrapper exactly when its structure changed: deploy, frozen host, weaning, fold."""
     rows = ddp_run["rows"]
     assert [r["rebuilt"] for r in rows] == [int(r["changed"]) for r in rows]
     assert [r["boundary"] for r in rows if r["changed"]] == [1, 2, 5, 7]

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from kasmina_testing import MLP3, batch, deploy, result_ok, schedule, train
+from kasmina_testing import MLP3, MoEModel, batch, deploy, result_ok, schedule, train
 from torch import nn
 
 from kasmina_worker import KasminaWorker
@@ -136,6 +136,36 @@ def test_host_is_frozen_only_under_explicit_host_mode_frozen_and_upstream_still_
         summary = worker.checkpoint(step=start + 2)
     assert summary.scaffold("local-1").stage == "SCAFFOLD_STAGE_DECAY"
     assert scaffold.host.weight.requires_grad and not scaffold.host.bias.requires_grad
+
+
+def test_replacement_seed_blends_by_lerp_with_the_gradients_of_the_blend():
+    """moe_expert (a replacement seed) outputs lerp(h, s, alpha): the layer upstream and the host's router get the
+    gradients autograd gives that blend written with torch.lerp (fp32, rtol 1e-5, atol 1e-7)."""
+    torch.manual_seed(4)
+    model = MoEModel()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    worker = KasminaWorker(model, optimizer, job="moe")
+    worker.submit(deploy("moe", "moe_expert", policy=schedule(warmup_ckpts=1, hold_ckpts=2)))
+    result_ok(worker.checkpoint(step=0))
+    train(worker, optimizer, steps=4, d_in=6, d_out=3)
+    scaffold = worker.scaffolds["local-1"]
+    alpha = float(scaffold.alpha)
+    assert 0 < alpha < 1
+    x, y = batch(9, (16, 6), 3)
+    _step(worker.model, x, y)
+    params = [model.proj.weight, scaffold.host.router.weight, scaffold.seed.router_row.weight]
+    got = [p.grad.clone() for p in params]
+
+    def reference(inp: torch.Tensor) -> torch.Tensor:
+        z = torch.tanh(model.proj(inp))
+        h = scaffold.host(z)
+        return model.head(torch.lerp(h, scaffold.seed(z, h, scaffold.host), alpha))
+
+    model.zero_grad(set_to_none=True)
+    F.mse_loss(reference(x), y).backward()
+    for g, p in zip(got, params, strict=True):
+        assert p.grad.abs().sum() > 0
+        torch.testing.assert_close(g, p.grad, rtol=GRAD_RTOL, atol=GRAD_ATOL)
 
 
 def test_no_builtin_default_schedule_has_an_idle_stage_or_freezes_the_host():

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from kasmina_worker.seeds.blueprints.registry import BuildContext, Seed, register_blueprint
 from kasmina_worker.seeds.delta import dense_delta, dense_delta_weight, lora_delta, lora_delta_weight
@@ -83,10 +84,10 @@ class ResidualMLPSeed(Seed):
 class MoEExpertSeed(Seed):
     """A new expert and its router row on a mixture-of-experts host (see `kasmina_worker.seeds.hosts`).
 
-    A replacement seed: s(x) is the host layer's routing over its experts plus the new one, and the
-    host's parameters get the gradient of the blend `lerp(h, s, alpha)` through both terms. The
-    router fold appends the expert and the row to the host, after which the host computes s(x)
-    itself: exact at alpha 1 (the sunset ramps there first).
+    A replacement seed, blended as `lerp(h, s, alpha)`: s(x) is the host layer's routing over its
+    experts plus the new one, with the host's own parameters detached (the host gets `1 - alpha` of
+    the site gradient, through h). The router fold appends the expert and the row to the host, after
+    which the host computes s(x) itself: exact at alpha 1 (the sunset ramps there first).
     """
 
     def __init__(self, host: nn.Module, hidden: int | None) -> None:
@@ -96,8 +97,13 @@ class MoEExpertSeed(Seed):
         self.router_row = nn.Linear(router.in_features, 1, bias=router.bias is not None)
 
     def forward(self, x: torch.Tensor, host_out: torch.Tensor, host: nn.Module) -> torch.Tensor:
-        logits = torch.cat([host.router(x), self.router_row(x)], dim=-1)
-        outputs = [expert(x) for expert in host.experts]
+        router = host.router
+        bias = None if router.bias is None else router.bias.detach()
+        logits = torch.cat([F.linear(x, router.weight.detach(), bias), self.router_row(x)], dim=-1)
+        outputs = [
+            functional_call(expert, {n: p.detach() for n, p in expert.named_parameters()}, (x,))
+            for expert in host.experts
+        ]
         outputs.append(self.expert(x))
         return moe_combine(logits, outputs, host.top_k)
 
