@@ -218,6 +218,4 @@ class AlphaSchedule:
 
     @classmethod
     def from_dict(cls, data: dict) -> AlphaSchedule:
-        # Checkpoints of 0.1.0 stored the extension limit per schedule; it is the contract's rule now.
-        config = {k: v for k, v in data["config"].items() if k != "max_extensions"}
-        return cls(ScheduleConfig(**config), ScheduleState(**data["state"]))
+        return cls(ScheduleConfig(**data["config"]), ScheduleState(**data["state"]))
