@@ -155,6 +155,27 @@ def cmd_decisions(client: NarsetClient, args: argparse.Namespace) -> None:
 
 # policy ----------------------------------------------------------------------------------------------
 
+
+def _warm_start_sites(value: str) -> list[job_pb2.WarmStartSite]:
+    """`REGION[:BLUEPRINT],...`: a site without a blueprint takes auto.blueprint and its settings."""
+    sites = []
+    for item in filter(None, value.split(",")):
+        region, _, blueprint = item.partition(":")
+        sites.append(job_pb2.WarmStartSite(region=region, blueprint=blueprint))
+    return sites
+
+
+def _blueprint_params(value: str) -> dict[str, float]:
+    """`NAME=NUMBER,...`, e.g. `rank=16,scaling=2`."""
+    params = {}
+    for item in filter(None, value.split(",")):
+        name, sep, number = item.partition("=")
+        if not sep:
+            raise ValueError(item)
+        params[name] = float(number)
+    return params
+
+
 # --set key -> (JobPolicy field path, parser)
 POLICY_KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
     "max_live_scaffolds": ("max_live_scaffolds", int),
@@ -166,6 +187,9 @@ POLICY_KEYS: dict[str, tuple[str, Callable[[str], object]]] = {
     "auto.blueprint": ("auto.blueprint", str),
     "auto.plateau_window": ("auto.plateau_window", int),
     "auto.plateau_rel_delta": ("auto.plateau_rel_delta", float),
+    "auto.blueprint_params": ("auto.blueprint_params", _blueprint_params),
+    "auto.warm_start": ("auto.warm_start.sites", _warm_start_sites),
+    "auto.warm_start_exit": ("auto.warm_start.exit_boundary", int),
 }
 
 
@@ -186,6 +210,10 @@ def _apply_policy_setting(policy: job_pb2.JobPolicy, setting: str) -> None:
         field = getattr(target, leaf)
         del field[:]
         field.extend(value)
+    elif isinstance(value, dict):
+        field = getattr(target, leaf)
+        field.clear()
+        field.update(value)
     else:
         setattr(target, leaf, value)
 
@@ -202,15 +230,23 @@ def cmd_policy(client: NarsetClient, args: argparse.Namespace) -> None:
         render.emit_json(policy)
         return
     rows = [[key, _policy_value(policy, path)] for key, (path, _) in POLICY_KEYS.items()]
-    rows.insert(len(rows) - 3, ["auto", "on" if policy.auto.enabled else "off"])
+    first_auto = next(i for i, key in enumerate(POLICY_KEYS) if key.startswith("auto."))
+    rows.insert(first_auto, ["auto", "on" if policy.auto.enabled else "off"])
     render.print_table(["POLICY", "VALUE"], rows)
 
 
 def _policy_value(policy: job_pb2.JobPolicy, path: str) -> str:
+    """A policy field as `--set` takes it."""
     value = policy
     for name in path.split("."):
         value = getattr(value, name)
-    return ",".join(value) if not isinstance(value, (int, float, str)) else str(value)
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    if hasattr(value, "items"):
+        return ",".join(f"{k}={v:g}" for k, v in sorted(value.items()))
+    return ",".join(
+        item if isinstance(item, str) else ":".join(filter(None, (item.region, item.blueprint))) for item in value
+    )
 
 
 # commands --------------------------------------------------------------------------------------------

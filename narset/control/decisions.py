@@ -31,6 +31,15 @@ def _can_extend(scaffold: job_pb2.Scaffold) -> bool:
     )
 
 
+def _failure(verdict: _O.GateVerdict) -> str:
+    """A failed verdict for a decision's reason: its value and limit, and how many readings it summarises."""
+    if not verdict.HasField("value"):
+        return f"{verdict.gate} unmeasured"
+    # Only G5's step time summarises readings (judge.step_time_statistic): say over how many.
+    summary = f"; low median of {verdict.samples} boundaries" if verdict.samples else ""
+    return f"{verdict.gate}={verdict.value:.4g} (limit {verdict.threshold:g}{summary})"
+
+
 def _outcome(scaffold: job_pb2.Scaffold, judgement: GateJudgement) -> tuple[int, str, bool] | None:
     """(outcome, reason, counts as a failure) for a scaffold at its exit, or None to let it live on."""
     if judgement.flags:
@@ -39,11 +48,7 @@ def _outcome(scaffold: job_pb2.Scaffold, judgement: GateJudgement) -> tuple[int,
     if scaffold.stage != _O.SCAFFOLD_STAGE_EVALUATING:
         return None
     if judgement.hard_failures:
-        failed = ", ".join(
-            f"{v.gate}={v.value:.4g} (limit {v.threshold:g})" if v.HasField("value") else f"{v.gate} unmeasured"
-            for v in judgement.verdicts
-            if v.hard and not v.passed
-        )
+        failed = ", ".join(_failure(v) for v in judgement.verdicts if v.hard and not v.passed)
         return _O.DECISION_OUTCOME_PRUNE, f"hard gate(s) failed: {failed}", True
     exit_policy = scaffold.policy.exit_policy
     soft = judgement.soft_failures

@@ -261,9 +261,7 @@ class Exchange:
             # Decisions made from this very report go back in its answer.
             response.decisions.extend(self._decisions.decide(job, request, stored))
             policy = job_policy_of(self._store, job.job_id)
-            deploy = self._tactical.consider(job, request, policy)
-            if deploy is not None:
-                response.decisions.append(deploy)
+            response.decisions.extend(self._tactical.consider(job, request, policy))
             response.commands.extend(self._deliver(job, request.boundary, policy))
             self._refresh_live_count(job)
             self._store.put_job(job)

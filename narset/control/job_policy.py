@@ -12,7 +12,11 @@ from narset.v1 import job_pb2
 if TYPE_CHECKING:
     from narset.store import Store
 
-__all__ = ["default_job_policy", "job_policy_of", "validate_job_policy"]
+__all__ = ["MAX_WARM_START_SITES", "default_job_policy", "job_policy_of", "validate_job_policy"]
+
+# The tactical policy derives warm-start command ids `auto.<job>.w<site>.b<N>`: two digits of site keep
+# them within the 32 characters Narset may append to a job id (narset.contract.limits.BASE_ID_MAX).
+MAX_WARM_START_SITES = 16
 
 
 def default_job_policy() -> job_pb2.JobPolicy:
@@ -44,17 +48,40 @@ def validate_job_policy(policy: job_pb2.JobPolicy, blueprint_names: set[str]) ->
         if value < 0:
             raise Refusal(reasons.INVALID_FIELD, f"policy.{name}", f"must be >= 0, got {value}")
     auto = policy.auto
-    if auto.enabled and auto.blueprint not in blueprint_names:
-        raise Refusal(
-            reasons.INVALID_FIELD,
-            "policy.auto.blueprint",
-            f"unknown blueprint '{auto.blueprint}' (known: {', '.join(sorted(blueprint_names))})",
-        )
-    if auto.enabled and auto.plateau_window < 1:
-        raise Refusal(reasons.INVALID_FIELD, "policy.auto.plateau_window", f"must be >= 1, got {auto.plateau_window}")
+    if auto.enabled:
+        _check_blueprint("policy.auto.blueprint", auto.blueprint, blueprint_names)
+    if auto.plateau_window < 0:
+        raise Refusal(reasons.INVALID_FIELD, "policy.auto.plateau_window", f"must be >= 0, got {auto.plateau_window}")
     if not (math.isfinite(auto.plateau_rel_delta) and auto.plateau_rel_delta >= 0):
         raise Refusal(
             reasons.INVALID_FIELD,
             "policy.auto.plateau_rel_delta",
             f"must be a finite number >= 0, got {auto.plateau_rel_delta}",
         )
+    _check_warm_start(auto.warm_start, blueprint_names)
+
+
+def _check_blueprint(field: str, name: str, blueprint_names: set[str]) -> None:
+    if name not in blueprint_names:
+        raise Refusal(
+            reasons.INVALID_FIELD, field, f"unknown blueprint '{name}' (known: {', '.join(sorted(blueprint_names))})"
+        )
+
+
+def _check_warm_start(warm: job_pb2.WarmStart, blueprint_names: set[str]) -> None:
+    if len(warm.sites) > MAX_WARM_START_SITES:
+        raise Refusal(
+            reasons.INVALID_FIELD,
+            "policy.auto.warm_start.sites",
+            f"at most {MAX_WARM_START_SITES} sites, got {len(warm.sites)}",
+        )
+    if warm.exit_boundary < 0:
+        raise Refusal(
+            reasons.INVALID_FIELD, "policy.auto.warm_start.exit_boundary", f"must be >= 0, got {warm.exit_boundary}"
+        )
+    for index, site in enumerate(warm.sites):
+        field = f"policy.auto.warm_start.sites[{index}]"
+        if not site.region:
+            raise Refusal(reasons.INVALID_FIELD, f"{field}.region", "is required")
+        if site.blueprint:
+            _check_blueprint(f"{field}.blueprint", site.blueprint, blueprint_names)

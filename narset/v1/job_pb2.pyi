@@ -191,7 +191,7 @@ class JobPolicy(_message.Message):
     def __init__(self, max_live_scaffolds: _Optional[int] = ..., max_scaffolds_per_region: _Optional[int] = ..., max_folds_per_boundary: _Optional[int] = ..., max_prunes_per_boundary: _Optional[int] = ..., protected_regions: _Optional[_Iterable[str]] = ..., embargo_ckpts: _Optional[int] = ..., auto: _Optional[_Union[AutoPolicy, _Mapping]] = ...) -> None: ...
 
 class AutoPolicy(_message.Message):
-    __slots__ = ("enabled", "blueprint", "plateau_window", "plateau_rel_delta", "scaffold_policy", "blueprint_params")
+    __slots__ = ("enabled", "blueprint", "plateau_window", "plateau_rel_delta", "scaffold_policy", "blueprint_params", "warm_start")
     class BlueprintParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -205,13 +205,42 @@ class AutoPolicy(_message.Message):
     PLATEAU_REL_DELTA_FIELD_NUMBER: _ClassVar[int]
     SCAFFOLD_POLICY_FIELD_NUMBER: _ClassVar[int]
     BLUEPRINT_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    WARM_START_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     blueprint: str
     plateau_window: int
     plateau_rel_delta: float
     scaffold_policy: _command_pb2.ScaffoldPolicy
     blueprint_params: _containers.ScalarMap[str, float]
-    def __init__(self, enabled: _Optional[bool] = ..., blueprint: _Optional[str] = ..., plateau_window: _Optional[int] = ..., plateau_rel_delta: _Optional[float] = ..., scaffold_policy: _Optional[_Union[_command_pb2.ScaffoldPolicy, _Mapping]] = ..., blueprint_params: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    warm_start: WarmStart
+    def __init__(self, enabled: _Optional[bool] = ..., blueprint: _Optional[str] = ..., plateau_window: _Optional[int] = ..., plateau_rel_delta: _Optional[float] = ..., scaffold_policy: _Optional[_Union[_command_pb2.ScaffoldPolicy, _Mapping]] = ..., blueprint_params: _Optional[_Mapping[str, float]] = ..., warm_start: _Optional[_Union[WarmStart, _Mapping]] = ...) -> None: ...
+
+class WarmStart(_message.Message):
+    __slots__ = ("sites", "exit_boundary")
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    EXIT_BOUNDARY_FIELD_NUMBER: _ClassVar[int]
+    sites: _containers.RepeatedCompositeFieldContainer[WarmStartSite]
+    exit_boundary: int
+    def __init__(self, sites: _Optional[_Iterable[_Union[WarmStartSite, _Mapping]]] = ..., exit_boundary: _Optional[int] = ...) -> None: ...
+
+class WarmStartSite(_message.Message):
+    __slots__ = ("region", "blueprint", "blueprint_params", "scaffold_policy")
+    class BlueprintParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    BLUEPRINT_FIELD_NUMBER: _ClassVar[int]
+    BLUEPRINT_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    SCAFFOLD_POLICY_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    blueprint: str
+    blueprint_params: _containers.ScalarMap[str, float]
+    scaffold_policy: _command_pb2.ScaffoldPolicy
+    def __init__(self, region: _Optional[str] = ..., blueprint: _Optional[str] = ..., blueprint_params: _Optional[_Mapping[str, float]] = ..., scaffold_policy: _Optional[_Union[_command_pb2.ScaffoldPolicy, _Mapping]] = ...) -> None: ...
 
 class RegionEmbargo(_message.Message):
     __slots__ = ("region", "until_boundary", "failures")

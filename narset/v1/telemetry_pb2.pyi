@@ -151,18 +151,20 @@ class RegionSignal(_message.Message):
     def __init__(self, region: _Optional[str] = ..., grad_norm: _Optional[float] = ..., update_ratio: _Optional[float] = ...) -> None: ...
 
 class GateVerdict(_message.Message):
-    __slots__ = ("gate", "value", "threshold", "passed", "hard")
+    __slots__ = ("gate", "value", "threshold", "passed", "hard", "samples")
     GATE_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     PASSED_FIELD_NUMBER: _ClassVar[int]
     HARD_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     gate: str
     value: float
     threshold: float
     passed: bool
     hard: bool
-    def __init__(self, gate: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., passed: _Optional[bool] = ..., hard: _Optional[bool] = ...) -> None: ...
+    samples: int
+    def __init__(self, gate: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., passed: _Optional[bool] = ..., hard: _Optional[bool] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class Decision(_message.Message):
     __slots__ = ("decision_id", "job_id", "scaffold_id", "boundary", "outcome", "reason", "inputs", "thresholds", "verdicts", "command_id", "issued_by", "forced", "created_at")

@@ -317,7 +317,7 @@ def test_unmeasured_gates_stay_unset_and_fail():
     unset = ("transfer_rel_delta", "probe_loss", "foldability", "jitter_p95", "drift", "diversity", "step_time_ratio")
     assert [name for name in unset if gates.HasField(name)] == []
     assert gates.HasField("svd_energy") and gates.HasField("memory_fraction")  # need no probe
-    verdicts = {v.gate: v for v in judge(gates, DEFAULT_GATES, None).verdicts}
+    verdicts = {v.gate: v for v in judge(gates, DEFAULT_GATES, None, []).verdicts}
     for gate in ("G1", "G3", "G4.jitter", "G4.drift", "G4.diversity", "G5.step_time"):
         assert not verdicts[gate].passed and not verdicts[gate].HasField("value")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from narset_testing import ServerThread, attach_request
+from narset_testing import Job, ServerThread, attach_request
 
 from narset.client import NarsetClient
 from narset.server.logs import configure_logging
@@ -55,3 +55,9 @@ def operator_stub(server: ServerThread) -> Iterator[operator_service_pb2_grpc.Op
 def attached(worker_stub: worker_service_pb2_grpc.WorkerServiceStub) -> worker_service_pb2.AttachResponse:
     """Job run-7 attached with the standard registration."""
     return worker_stub.Attach(attach_request("run-7"))
+
+
+@pytest.fixture
+def job(worker_stub: worker_service_pb2_grpc.WorkerServiceStub, client: NarsetClient) -> Job:
+    """Job run-7 attached, reporting one boundary per `job.report`."""
+    return Job(worker_stub, client)

@@ -1,4 +1,4 @@
-"""Helpers for Narset tests: a server in a background thread and a job's registration."""
+"""Helpers for Narset tests: a server in a background thread, a job's registration, a reporting job."""
 
 from __future__ import annotations
 
@@ -12,9 +12,22 @@ from grpc_status import rpc_status
 
 from narset.server import NarsetServer
 from narset.server.settings import ServerSettings
-from narset.v1 import command_pb2, job_pb2, worker_service_pb2
+from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
 
-__all__ = ["MODULES", "REGIONS", "ServerThread", "assert_refusal", "attach_request", "deploy", "linear"]
+__all__ = [
+    "MODULES",
+    "PASSING",
+    "REGIONS",
+    "Job",
+    "ServerThread",
+    "assert_refusal",
+    "attach_request",
+    "deploy",
+    "deployed",
+    "gates",
+    "linear",
+    "live",
+]
 
 
 class ServerThread:
@@ -129,3 +142,82 @@ def assert_refusal(
     assert first.field == field
     assert error.details().startswith(f"{field}: {first.description}"), error.details()
     return list(bad_request.field_violations)
+
+
+PASSING = telemetry_pb2.GateTelemetry(
+    transfer_rel_delta=0.001,
+    foldability=0.99,
+    jitter_p95=0.01,
+    drift=0.01,
+    diversity=0.9,
+    step_time_ratio=1.02,
+    memory_fraction=0.3,
+)
+
+
+def gates(**changes) -> telemetry_pb2.GateTelemetry:
+    telemetry = telemetry_pb2.GateTelemetry()
+    telemetry.CopyFrom(PASSING)
+    for name, value in changes.items():
+        if value is None:
+            telemetry.ClearField(name)
+        else:
+            setattr(telemetry, name, value)
+    return telemetry
+
+
+class Job:
+    """A job's rank 0 as Narset sees it: attach, then one report per boundary."""
+
+    def __init__(self, stub, client, job_id: str = "run-7") -> None:
+        self.stub, self.client, self.job_id = stub, client, job_id
+        self.session = stub.Attach(attach_request(job_id)).session_id
+        self.boundary = 0
+        self.results: list[telemetry_pb2.CommandResult] = []
+
+    def report(self, probe_loss: float, scaffolds=(), **fields) -> worker_service_pb2.ReportBoundaryResponse:
+        self.boundary += 1
+        response = self.stub.ReportBoundary(
+            worker_service_pb2.ReportBoundaryRequest(
+                job_id=self.job_id,
+                session_id=self.session,
+                boundary=self.boundary,
+                step=10 * self.boundary,
+                probe_loss=probe_loss,
+                scaffolds=list(scaffolds),
+                results=self.results,
+                **fields,
+            )
+        )
+        # The job applies whatever arrives; its results go out with the next report.
+        self.results = [
+            telemetry_pb2.CommandResult(
+                command_id=c.command_id, outcome=telemetry_pb2.COMMAND_OUTCOME_APPLIED, boundary=self.boundary
+            )
+            for c in response.commands
+        ]
+        return response
+
+    def deploy(self, module: str = "encoder.fc1", command_id: str = "sc", **fields) -> None:
+        self.client.submit(deploy(module, job=self.job_id, command_id=command_id, **fields))
+
+
+def live(stage, telemetry=PASSING, age: int = 3, ttl: int = 12, extensions: int = 0, scaffold_id: str = "sc"):
+    return telemetry_pb2.ScaffoldReport(
+        scaffold_id=scaffold_id,
+        module="encoder.fc1",
+        stage=stage,
+        alpha=0.5,
+        age_ckpts=age,
+        ttl_ckpts=ttl,
+        extensions=extensions,
+        gates=telemetry,
+    )
+
+
+def deployed(job: Job, losses=(1.0, 0.95, 0.9)) -> None:
+    """Report a falling pre-deploy history, deploy at its last boundary, report the scaffold applied."""
+    for loss in losses[:-1]:
+        job.report(loss)
+    job.deploy()
+    assert [c.command_id for c in job.report(losses[-1]).commands] == ["sc"]
