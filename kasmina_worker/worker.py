@@ -102,6 +102,7 @@ class KasminaWorker:
         probe_losses: Sequence[ProbeLoss] = (),
         config: WorkerConfig | None = None,
         distributed: DistributedConfig | None = None,
+        narset_token: str | None = None,
     ) -> None:
         if not job:
             raise ValueError("job must be a non-empty job id, got ''")
@@ -126,7 +127,8 @@ class KasminaWorker:
         )
         self._queue = LocalQueue()
         if narset is not None and transport is None and self._rank.leader:
-            transport = NarsetTransport(narset, self._registration, self.config.narset_timeout_s)
+            # The token attaches the job (else $NARSET_TOKEN); TLS files come from NARSET_TLS_* as for the CLI.
+            transport = NarsetTransport(narset, self._registration, self.config.narset_timeout_s, narset_token)
         self._transport = transport
         self._teacher = Teacher(model, probe_losses)
         self._meter = GateMeter(

@@ -2,6 +2,8 @@
 
 with NarsetClient("127.0.0.1:50051") as narset:
     record = narset.submit(deploy_command("run-7", module="fc1", blueprint="lora"))
+
+The token and TLS files come from the arguments, else the environment (`narset.contract.connection`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from types import TracebackType
 import grpc
 from grpc_status import rpc_status
 
+from narset.contract.connection import Connection
 from narset.contract.reasons import read_reason
 from narset.v1 import command_pb2, job_pb2, operator_service_pb2_grpc, telemetry_pb2
 from narset.v1 import operator_service_pb2 as pb
@@ -51,10 +54,14 @@ class NarsetError(Exception):
 class NarsetClient:
     """Blocking operator client over one channel; close it (or use `with`) when done."""
 
-    def __init__(self, address: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, address: str | None = None, timeout_s: float = 10.0, connection: Connection | None = None
+    ) -> None:
         self.address = resolve_address(address)
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(self.address)
+        connection = connection or Connection.resolve()
+        self._metadata = connection.metadata
+        self._channel = connection.channel(self.address)
         self._stub = operator_service_pb2_grpc.OperatorServiceStub(self._channel)
 
     def close(self) -> None:
@@ -68,7 +75,7 @@ class NarsetClient:
 
     def _call(self, method: str, request):
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout_s)
+            return getattr(self._stub, method)(request, timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as error:
             raise NarsetError.from_rpc(error) from None
 
@@ -106,11 +113,16 @@ class NarsetClient:
     def set_policy(self, job_id: str, policy: job_pb2.JobPolicy) -> job_pb2.JobPolicy:
         return self._call("SetPolicy", pb.SetPolicyRequest(job_id=job_id, policy=policy)).policy
 
+    def list_audit(self, job_id: str = "", after_sequence: int = 0, limit: int = 0) -> list[pb.AuditEntry]:
+        request = pb.ListAuditRequest(job_id=job_id, after_sequence=after_sequence, limit=limit)
+        return list(self._call("ListAudit", request).entries)
+
     def watch(self, job_id: str = "", after_sequence: int = 0, follow: bool = True) -> Iterator[job_pb2.Event]:
         """Events of `job_id` (or all jobs); with `follow` it blocks for new ones until cancelled."""
         request = pb.WatchEventsRequest(job_id=job_id, after_sequence=after_sequence, follow=follow)
+        timeout = None if follow else self.timeout_s
         try:
-            for response in self._stub.WatchEvents(request, timeout=None if follow else self.timeout_s):
+            for response in self._stub.WatchEvents(request, timeout=timeout, metadata=self._metadata):
                 yield response.event
         except grpc.RpcError as error:
             raise NarsetError.from_rpc(error) from None

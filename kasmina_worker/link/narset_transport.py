@@ -50,12 +50,16 @@ class NarsetTransport:
         address: str,
         registration: Callable[[], worker_service_pb2.AttachRequest],
         timeout_s: float = 5.0,
+        token: str | None = None,
     ) -> None:
         self.address = address
         self._registration = registration
-        self._link = WorkerLink(address, timeout_s)
+        self._link = WorkerLink(address, timeout_s, token)
         self._link.start()  # the child's interpreter starts while the job trains
+        # The session's worker credential (a secret Narset returns only at attach); None: attach first.
         self.session_id: str | None = None
+        # The last credential Narset issued, shown at re-attach: it lets the job take its own job back.
+        self._last_session = ""
         self.job_id: str | None = None
         # Results and exit reports of a report Narset never received: they go out with the next one.
         self._held_results: list[telemetry_pb2.CommandResult] = []
@@ -68,8 +72,10 @@ class NarsetTransport:
 
     def _attach(self) -> None:
         request = self._registration()
+        request.session_id = self._last_session
         response = self._link.call("Attach", request)
         self.session_id, self.job_id = response.session_id, request.job_id
+        self._last_session = response.session_id
         log.info(
             "narset_attached",
             job=request.job_id,

@@ -5,7 +5,8 @@ method abort otherwise), so the job's rank 0 never imports a channel: it starts
 `python -m kasmina_worker.link.worker_link ADDRESS` once and exchanges length-prefixed protobuf frames with it
 over pipes. The child keeps one channel open across boundaries and applies a deadline to each RPC;
 the parent bounds every wait as well, so a hung or absent Narset costs at most `timeout_s` (plus a
-half-second margin) per call.
+half-second margin) per call. The child reaches Narset as every client does (`narset.contract.connection`):
+its token and TLS files come from its environment, where the parent puts an explicit token.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import BinaryIO
 
 from google.protobuf.message import Message
 
+from narset.contract.connection import TOKEN_ENV
 from narset.v1 import worker_service_pb2 as pb
 
 __all__ = ["LinkError", "WorkerLink"]
@@ -81,11 +83,13 @@ def _read_frame(stream: BinaryIO) -> tuple[int, bytes]:
 class WorkerLink:
     """Parent side: starts the link process and makes bounded calls through it. Not thread-safe."""
 
-    def __init__(self, address: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 5.0, token: str | None = None) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.address = address
         self.timeout_s = timeout_s
+        # The token travels in the child's environment, never its command line (visible to every user).
+        self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **({TOKEN_ENV: token} if token else {})}
         self._process: subprocess.Popen | None = None
         self._answered = False  # has the current link process answered once?
 
@@ -96,7 +100,7 @@ class WorkerLink:
                 [sys.executable, "-m", "kasmina_worker.link.worker_link", self.address, str(self.timeout_s)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env=self._env,
             )
             self._answered = False
 
@@ -148,13 +152,15 @@ def _serve_link(address: str, timeout_s: float) -> None:
     import grpc
     from grpc_status import rpc_status
 
+    from narset.contract.connection import Connection
     from narset.contract.reasons import read_reason
     from narset.v1 import worker_service_pb2_grpc
 
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     # Reconnect quickly once Narset is back: the job only waits at boundaries, never in backoff.
     options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
-    with grpc.insecure_channel(address, options=options) as channel:
+    connection = Connection.resolve()
+    with connection.channel(address, options) as channel:
         stub = worker_service_pb2_grpc.WorkerServiceStub(channel)
         while True:
             try:
@@ -165,7 +171,12 @@ def _serve_link(address: str, timeout_s: float) -> None:
             try:
                 # wait_for_ready: while Narset is away a call waits (bounded) for the channel to
                 # reconnect instead of failing at once during the reconnect backoff.
-                response = getattr(stub, name)(request_type.FromString(payload), timeout=timeout_s, wait_for_ready=True)
+                response = getattr(stub, name)(
+                    request_type.FromString(payload),
+                    timeout=timeout_s,
+                    wait_for_ready=True,
+                    metadata=connection.metadata,
+                )
                 _write_frame(stdout, _OK, response.SerializeToString())
             except grpc.RpcError as error:
                 reason, field = read_reason(rpc_status.from_call(error))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ import grpc
 from narset.cli import render
 from narset.cli.build import add_deploy_flags, add_target_flags, build_command
 from narset.client import NarsetClient, NarsetError
+from narset.contract.connection import Connection
+from narset.control.credentials import digest, new_credential
 from narset.v1 import command_pb2, job_pb2
 
 __all__ = ["main"]
@@ -29,6 +32,8 @@ REFUSAL_CODES = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
 }
 UNREACHABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 ACTIONS_ON_SCAFFOLD = {
@@ -265,6 +270,14 @@ def cmd_submit(client: NarsetClient, args: argparse.Namespace) -> None:
     )
 
 
+def cmd_audit(client: NarsetClient, args: argparse.Namespace) -> None:
+    entries = client.list_audit(args.job or "", after_sequence=args.after, limit=args.limit)
+    if args.json:
+        render.emit_json({"entries": entries})
+    else:
+        render.print_table(render.AUDIT_HEADERS, [render.audit_row(e) for e in entries], empty="no audit entries")
+
+
 def cmd_watch(client: NarsetClient, args: argparse.Namespace) -> None:
     for event in client.watch(args.job, after_sequence=args.after, follow=not args.no_follow):
         if args.json:
@@ -276,6 +289,7 @@ def cmd_watch(client: NarsetClient, args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from narset.server import serve
+    from narset.server.app import InsecureBindError
     from narset.server.logs import configure_logging
     from narset.server.settings import load_settings
 
@@ -286,9 +300,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         log_level=args.log_level,
         log_format=args.log_format,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure=True if args.insecure else None,
     )
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings, ready_file=args.ready_file))
+    try:
+        asyncio.run(serve(settings, ready_file=args.ready_file))
+    except InsecureBindError as refused:
+        print(f"narset serve: {refused}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """A new random token, and the settings entry that makes Narset accept it (which holds its hash only)."""
+    token = new_credential()
+    setting = {"name": args.name, "role": args.role, "sha256": digest(token), "jobs": args.jobs or ["*"]}
+    if args.json:
+        render.emit_json({"token": token, "setting": setting})
+        return EXIT_OK
+    print(f"token (give it to its holder through a file or NARSET_TOKEN; Narset keeps only its hash):\n  {token}")
+    print("\nnarset.toml:\n[[tokens]]")
+    for key, value in setting.items():
+        print(f"{key} = {json.dumps(value)}")
     return EXIT_OK
 
 
@@ -307,6 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--server", help="Narset address host:port (default: $NARSET_SERVER or 127.0.0.1:50051)")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     common.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
+    common.add_argument("--token-file", type=Path, help="file holding the bearer token (default: $NARSET_TOKEN)")
+    common.add_argument("--tls-ca", type=Path, help="CA bundle that signed Narset's certificate: use TLS")
+    common.add_argument("--tls-cert", type=Path, help="client certificate, for mutual TLS (with --tls-key)")
+    common.add_argument("--tls-key", type=Path, help="client private key, for mutual TLS")
 
     parser = argparse.ArgumentParser(prog="narset", description="Narset control plane for Kasmina scaffolds.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -319,6 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["json", "console"])
     serve.add_argument("--ready-file", type=Path, help="write the bound host:port here once listening")
+    serve.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM), with --tls-key: TLS")
+    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    serve.add_argument("--tls-client-ca", type=Path, help="CA bundle of client certificates: mutual TLS")
+    serve.add_argument(
+        "--insecure", action="store_true", help="listen beyond loopback without TLS and tokens (say so explicitly)"
+    )
+
+    token = sub.add_parser("token", help="make a bearer token and the settings entry that accepts it")
+    token.add_argument("--name", required=True, help="the identity: issued_by of its commands, who in the audit log")
+    token.add_argument("--role", required=True, choices=["admin", "operator", "viewer", "worker"])
+    token.add_argument("--jobs", nargs="+", metavar="PATTERN", help="globs of the job ids it may act on (default *)")
+    token.add_argument("--json", action="store_true", help="print JSON")
 
     demo = sub.add_parser("demo", help="run the whole loop on scikit-learn's digits with an embedded Narset")
     demo.add_argument("--json", action="store_true", help="print one JSON document instead of progress and tables")
@@ -347,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     policy = query("policy", cmd_policy, "show or change a job's policy")
     policy.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change a policy field")
     policy.add_argument("--auto", choices=["on", "off"], help="turn the tactical auto-policy on or off")
+    audit = query("audit", cmd_audit, "the audit log: who did what, when, from where, how it ended", job=False)
+    audit.add_argument("job", nargs="?", help="only this job's entries")
+    audit.add_argument("--after", type=int, default=0, help="entries after this sequence number")
+    audit.add_argument("--limit", type=int, default=0, help="at most this many (default and most: 1000)")
     watch = query("watch", cmd_watch, "stream a job's events")
     watch.add_argument("--after", type=int, default=0, help="replay stored events after this sequence number")
     watch.add_argument("--no-follow", action="store_true", help="print stored events and exit")
@@ -356,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(action=name)
         p.add_argument("--id", default="", help="command id, the idempotency key (default: assigned)")
         p.add_argument("--reason", default="", help="why, for the audit trail")
-        p.add_argument("--issued-by", default="operator", help="who issues it")
+        p.add_argument(
+            "--issued-by", default="", help="a label for the audit log; the command's issuer is your identity"
+        )
         return p
 
     add_deploy_flags(action("deploy", "deploy a scaffold on a host module"))
@@ -384,8 +442,13 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_serve(args)
     if args.command == "demo":
         return cmd_demo(args)
+    if args.command == "token":
+        return cmd_token(args)
     try:
-        with NarsetClient(args.server, timeout_s=args.timeout) as client:
+        connection = Connection.resolve(
+            token_file=args.token_file, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key
+        )
+        with NarsetClient(args.server, timeout_s=args.timeout, connection=connection) as client:
             args.handler(client, args)
     except argparse.ArgumentTypeError as error:
         parser.exit(EXIT_USAGE, f"narset {args.command}: error: {error}\n")

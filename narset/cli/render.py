@@ -12,13 +12,15 @@ from google.protobuf.message import Message
 
 from narset.contract.rules import raised_flags
 from narset.contract.stages import stage_name
-from narset.v1 import command_pb2, job_pb2, telemetry_pb2
+from narset.v1 import command_pb2, job_pb2, operator_service_pb2, telemetry_pb2
 
 __all__ = [
+    "AUDIT_HEADERS",
     "COMMAND_HEADERS",
     "DECISION_HEADERS",
     "JOB_HEADERS",
     "SCAFFOLD_HEADERS",
+    "audit_row",
     "command_row",
     "decision_row",
     "emit_json",
@@ -172,3 +174,23 @@ def job_rows(jobs: Sequence[job_pb2.Job]) -> list[list[object]]:
 
 
 JOB_HEADERS = ["JOB", "STATE", "RANKS", "BOUNDARY", "STEP", "PROBE LOSS", "LIVE", "MODULES", "LAST SEEN (UTC)"]
+
+
+def audit_row(entry: operator_service_pb2.AuditEntry) -> list[object]:
+    """One `narset audit` row of an `AuditEntry`."""
+    return [
+        entry.sequence,
+        _when(entry.at),
+        entry.principal or "-",
+        entry.role or "-",
+        entry.peer,
+        entry.method,
+        entry.job_id,
+        entry.command_id,
+        entry.outcome,
+        entry.reason,
+        entry.detail,
+    ]
+
+
+AUDIT_HEADERS = ["SEQ", "AT (UTC)", "WHO", "ROLE", "PEER", "METHOD", "JOB", "COMMAND", "OUTCOME", "REASON", "DETAIL"]

@@ -8,6 +8,7 @@ whose sums overflow 64 bits, an id whose derived ids would not fit.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
@@ -25,16 +26,17 @@ __all__ = [
     "SHOWN_CHARS",
     "SHOWN_MESSAGE_CHARS",
     "clip",
+    "derived_id",
     "identifier_error",
     "limit_error",
     "shown",
 ]
 
-ID_MAX = 128  # characters in a command, scaffold or job id
-# Narset derives ids by appending a suffix to a job or scaffold id (`<scaffold>.prune.b<N>`,
-# `<scaffold>.breaker.b<N>`, `auto.<job>.b<N>`): at most 32 characters with N <= MAX_BOUNDARY.
-# Job and scaffold ids are held to ID_MAX - 32, so every derived id fits the id limit.
+ID_MAX = 128  # characters in a command or scaffold id
+# Job ids are held to ID_MAX - 32 characters, so an id Narset builds from one (`auto.<job>.b<N>`,
+# N <= MAX_BOUNDARY) fits the id limit. Ids derived from a scaffold id go through `derived_id`.
 BASE_ID_MAX = ID_MAX - 32
+_HASH_MARK = 9  # "@" and 8 hex digits of SHA-256 standing in for the cut end of a long base
 # Boundaries stay exact as doubles (JSON readers) and leave room for every sum Narset makes with
 # them (next boundary, embargo end) inside int64.
 MAX_BOUNDARY = 2**53 - 1
@@ -59,6 +61,18 @@ def shown(value: str) -> str:
     if len(value) <= SHOWN_CHARS:
         return repr(value)
     return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
+
+
+def derived_id(base: str, suffix: str) -> str:
+    """The id Narset derives from `base` (a scaffold id, say) for its own command: `base + suffix`.
+
+    When that would exceed ID_MAX, the base is cut and marked "@" + 8 hex digits of its SHA-256, so
+    the derived id fits and distinct bases still give distinct ids.
+    """
+    if len(base) + len(suffix) <= ID_MAX:
+        return base + suffix
+    mark = "@" + hashlib.sha256(base.encode()).hexdigest()[:8]
+    return base[: ID_MAX - len(suffix) - _HASH_MARK] + mark + suffix
 
 
 def identifier_error(field: str, value: str, limit: int = ID_MAX) -> FieldError | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from narset.contract.limits import MAX_BOUNDARY
+from narset.contract.limits import MAX_BOUNDARY, derived_id
 from narset.contract.rules import DEFAULT_EXTRA_CKPTS, persist_error, raised_flags
 from narset.contract.stages import LIVE_STAGES
 from narset.control.decision_log import record_decision
@@ -90,7 +90,7 @@ class DecisionEngine:
                 continue  # unknown, or already recorded (a retried report)
             reason = f"safety breaker in the job: {', '.join(flags)}"
             decision = _O.Decision(
-                decision_id=f"{scaffold.scaffold_id}.breaker.b{request.boundary}",
+                decision_id=derived_id(scaffold.scaffold_id, f".breaker.b{request.boundary}"),
                 job_id=job.job_id,
                 scaffold_id=scaffold.scaffold_id,
                 boundary=request.boundary,
@@ -141,7 +141,7 @@ class DecisionEngine:
     ) -> _O.Decision:
         label = _O.DecisionOutcome.Name(outcome).removeprefix("DECISION_OUTCOME_").lower()
         command = command_pb2.AdaptationCommand(
-            command_id=f"{scaffold.scaffold_id}.{label}.b{boundary}",
+            command_id=derived_id(scaffold.scaffold_id, f".{label}.b{boundary}"),
             job_id=job.job_id,
             issued_by=GATES_ISSUER,
             reason=reason,

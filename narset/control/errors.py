@@ -35,6 +35,13 @@ STATUS_OF_REASON = {
     reasons.ROLLBACK_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
     reasons.GATE_FAILING: grpc.StatusCode.FAILED_PRECONDITION,
     reasons.BUDGET_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    reasons.TOKEN_MISSING: grpc.StatusCode.UNAUTHENTICATED,
+    reasons.TOKEN_INVALID: grpc.StatusCode.UNAUTHENTICATED,
+    reasons.ROLE_FORBIDS: grpc.StatusCode.PERMISSION_DENIED,
+    reasons.JOB_OUT_OF_SCOPE: grpc.StatusCode.PERMISSION_DENIED,
+    reasons.JOB_ATTACHED: grpc.StatusCode.PERMISSION_DENIED,
+    reasons.SESSION_OF_ANOTHER_JOB: grpc.StatusCode.PERMISSION_DENIED,
+    reasons.RESERVED_ISSUER: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

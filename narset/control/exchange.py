@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-import uuid
+from collections.abc import Callable
 
 import structlog
 
@@ -18,6 +18,7 @@ from narset.contract.catalogue import BUILTIN_BLUEPRINTS
 from narset.contract.limits import BASE_ID_MAX, MAX_BOUNDARY
 from narset.contract.rules import protocol_error
 from narset.contract.stages import LIVE_STAGES
+from narset.control.credentials import digest, new_credential, same_digest
 from narset.control.decisions import DecisionEngine
 from narset.control.errors import Refusal
 from narset.control.events import EventHub
@@ -84,6 +85,14 @@ def _check_report(request: worker_service_pb2.ReportBoundaryRequest) -> None:
             raise Refusal(reasons.INVALID_FIELD, f"report.results[{i}].outcome", "must be APPLIED or REJECTED")
 
 
+def _stored_report(request: worker_service_pb2.ReportBoundaryRequest) -> bytes:
+    """The report as kept for the gates' history: without its session credential, a secret."""
+    stored = worker_service_pb2.ReportBoundaryRequest()
+    stored.CopyFrom(request)
+    stored.ClearField("session_id")
+    return stored.SerializeToString()
+
+
 def _check_unique_names(field: str, kind: str, items) -> None:
     seen: set[str] = set()
     for i, item in enumerate(items):
@@ -136,25 +145,42 @@ class Exchange:
         self._tactical = tactical
 
     def _session_job(self, job_id: str, session_id: str, field: str) -> job_pb2.Job:
+        """The job whose current session `session_id` (the worker credential) is; refused otherwise."""
         job = self._store.get_job(job_id)
         if job is None:
             raise Refusal(reasons.JOB_NOT_FOUND, f"{field}.job_id", f"no job '{job_id}'; attach first")
-        if job.session_id != session_id:
+        if not same_digest(session_id, self._store.session_digest(job_id)):
+            owner = self._store.job_of_session(digest(session_id))
+            if owner is not None:
+                raise Refusal(
+                    reasons.SESSION_OF_ANOTHER_JOB,
+                    f"{field}.session_id",
+                    f"the session credential is not one of job '{job_id}'",
+                )
+            # The credential itself is never echoed: it is a secret, and logs keep refusals.
             raise Refusal(
                 reasons.SESSION_SUPERSEDED,
                 f"{field}.session_id",
-                f"session '{session_id}' of job '{job_id}' was superseded; attach again",
+                f"the session of job '{job_id}' was superseded (or never issued); attach again",
             )
         return job
 
     # attach -------------------------------------------------------------------------------------
 
-    def attach(self, request: worker_service_pb2.AttachRequest) -> worker_service_pb2.AttachResponse:
+    def attach(
+        self, request: worker_service_pb2.AttachRequest, may_take_over: Callable[[job_pb2.Job], bool]
+    ) -> worker_service_pb2.AttachResponse:
+        """Attach the job with a fresh session; returns its worker credential, which only this answer holds.
+
+        A job attached to another session is taken over only with that session's credential or when
+        `may_take_over(job)` says the caller may.
+        """
         _check_attach(request)
         now = time.time_ns()
         job = self._store.get_job(request.job_id) or job_pb2.Job(job_id=request.job_id)
+        self._check_take_over(job, request.session_id, may_take_over)
+        credential = new_credential()
         job.state = job_pb2.JOB_STATE_ATTACHED
-        job.session_id = uuid.uuid4().hex
         job.world_size = request.world_size
         del job.ranks[:]
         job.ranks.extend(request.ranks)
@@ -168,6 +194,7 @@ class Exchange:
             job.last_boundary = request.restored.boundary
         with self._store.transaction():
             self._store.put_job(job)
+            self._store.set_session(job.job_id, digest(credential))
             self._store.replace_modules(job.job_id, request.modules)
             for blueprint in request.blueprints:
                 self._store.put_blueprint(blueprint)
@@ -182,15 +209,26 @@ class Exchange:
                 job.job_id,
                 job_pb2.EVENT_KIND_JOB_ATTACHED,
                 f"job attached with {job.world_size} rank(s) and {job.module_count} modules",
-                session_id=job.session_id,
                 resumed_from=request.restored.boundary,
                 redelivered=len(redeliver),
             )
         return worker_service_pb2.AttachResponse(
-            session_id=job.session_id,
+            session_id=credential,
             next_boundary=request.restored.boundary + 1,
             policy=policy,
             redeliver_command_ids=redeliver,
+        )
+
+    def _check_take_over(self, job: job_pb2.Job, presented: str, may_take_over: Callable[[job_pb2.Job], bool]) -> None:
+        if job.state != job_pb2.JOB_STATE_ATTACHED or may_take_over(job):
+            return
+        if presented and same_digest(presented, self._store.session_digest(job.job_id)):
+            return  # the session itself attaching again (Narset restarted, or the link lost an answer)
+        raise Refusal(
+            reasons.JOB_ATTACHED,
+            "attach.session_id",
+            f"job '{job.job_id}' is attached to another session; taking it over needs that session's "
+            f"credential, or a token allowed to take the job over",
         )
 
     def _reconcile(self, job: job_pb2.Job, restored: worker_service_pb2.RestoredState) -> list[str]:
@@ -239,7 +277,7 @@ class Exchange:
         job = self._session_job(request.job_id, request.session_id, "report")
         response = worker_service_pb2.ReportBoundaryResponse()
         with self._store.transaction():
-            self._store.put_report(job.job_id, request.boundary, time.time(), request.SerializeToString())
+            self._store.put_report(job.job_id, request.boundary, time.time(), _stored_report(request))
             for result in request.results:
                 self._record_result(job, result)
             self._decisions.breaker_prunes(job, request)

@@ -12,7 +12,7 @@ import time
 import uuid
 
 from narset.contract import reasons
-from narset.contract.limits import BASE_ID_MAX, ID_MAX, identifier_error, shown
+from narset.contract.limits import ID_MAX, identifier_error, shown
 from narset.contract.rules import (
     DEFAULT_EXTRA_CKPTS,
     FOLD_DEPTH,
@@ -64,8 +64,9 @@ class CommandLedger:
         self._store = store
         self._events = events
 
-    def accept(self, command: command_pb2.AdaptationCommand) -> tuple[command_pb2.CommandRecord, bool]:
-        """`submit` for a command from a client, whose id may not take the form of a derived id."""
+    def accept(self, command: command_pb2.AdaptationCommand, issuer: str) -> tuple[command_pb2.CommandRecord, bool]:
+        """`submit` for a command from a client: `issuer`, the caller's identity, is its issued_by (never the
+        text the client sent), and its id may not take the form of a derived id."""
         if _DERIVED_ID.fullmatch(command.command_id):
             raise Refusal(
                 reasons.INVALID_FIELD,
@@ -73,6 +74,7 @@ class CommandLedger:
                 f"{shown(command.command_id)} has the form of the ids Narset derives for its own commands "
                 f"(<scaffold>.<fuse|prune|persist|breaker>.b<N>, auto.<job>.b<N>); choose another",
             )
+        command.issued_by = issuer
         return self.submit(command)
 
     def submit(self, command: command_pb2.AdaptationCommand) -> tuple[command_pb2.CommandRecord, bool]:
@@ -192,10 +194,7 @@ class CommandLedger:
                 f"max_scaffolds_per_region={job_policy.max_scaffolds_per_region}",
             )
         scaffold_id = deploy.scaffold_id or cmd.command_id
-        error = identifier_error("deploy.scaffold_id", scaffold_id, BASE_ID_MAX)
-        if error is not None:
-            defaulted = "" if deploy.scaffold_id else " (it defaults to the command id; give a shorter scaffold_id)"
-            raise Refusal(reasons.INVALID_FIELD, error.field, error.reason + defaulted)
+        check_identifier("deploy.scaffold_id", scaffold_id)
         if self._store.get_scaffold(job.job_id, scaffold_id) is not None:
             raise Refusal(
                 reasons.SCAFFOLD_EXISTS, "deploy.scaffold_id", f"scaffold '{scaffold_id}' already exists in job"

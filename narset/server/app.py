@@ -18,8 +18,9 @@ from narset.control.exchange import Exchange
 from narset.control.ledger import CommandLedger
 from narset.control.tactical import TacticalPolicy
 from narset.server.guard import Guard
+from narset.server.identity import Authority
 from narset.server.operator_service import OperatorService
-from narset.server.settings import ServerSettings
+from narset.server.settings import ServerSettings, exposure_error
 from narset.server.worker_service import WorkerService
 from narset.store import Store
 from narset.v1 import (
@@ -29,7 +30,7 @@ from narset.v1 import (
     worker_service_pb2_grpc,
 )
 
-__all__ = ["NarsetServer", "serve"]
+__all__ = ["InsecureBindError", "NarsetServer", "serve"]
 
 log = structlog.get_logger("narset.server")
 
@@ -37,6 +38,22 @@ SERVICE_NAMES = (
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     operator_service_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name,
 )
+
+
+class InsecureBindError(RuntimeError):
+    """The settings would expose Narset unprotected beyond loopback; the message says what is missing."""
+
+
+def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials of the settings (mutual TLS with a client CA); None to listen in plain text."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 class NarsetServer:
@@ -51,6 +68,10 @@ class NarsetServer:
         self._health: health.aio.HealthServicer | None = None
 
     async def start(self) -> int:
+        exposed = exposure_error(self.settings)
+        if exposed is not None:
+            raise InsecureBindError(exposed)
+        credentials = _credentials(self.settings)
         store = Store.open(self.settings.db_path, self.settings.sqlite_synchronous)
         with store.transaction():
             for blueprint in BUILTIN_BLUEPRINTS:
@@ -58,17 +79,21 @@ class NarsetServer:
         events = EventHub(store)
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[Guard()],
+            interceptors=[Guard(Authority(self.settings.tokens), store)],
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)],
         )
         ledger = CommandLedger(store, events)
         exchange = Exchange(store, events, DecisionEngine(store, ledger, events), TacticalPolicy(store, ledger, events))
-        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(exchange), server)
+        worker_service = WorkerService(exchange, self.settings.stale_session_s)
+        worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(worker_service, server)
         operator_service_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorService(store, ledger, events), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        port = server.add_insecure_port(self.settings.address)
+        if credentials is None:
+            port = server.add_insecure_port(self.settings.address)
+        else:
+            port = server.add_secure_port(self.settings.address, credentials)
         if port == 0:
             store.close()
             raise OSError(f"could not listen on {self.settings.address}")
@@ -77,7 +102,13 @@ class NarsetServer:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server, self._store, self._events, self._health, self.port = server, store, events, health_servicer, port
         host = self.settings.address.rpartition(":")[0]
-        log.info("server.started", address=f"{host}:{port}", db_path=str(self.settings.db_path))
+        log.info(
+            "server.started",
+            address=f"{host}:{port}",
+            db_path=str(self.settings.db_path),
+            tls="mutual" if self.settings.tls_client_ca else ("on" if credentials else "off"),
+            tokens=len(self.settings.tokens),
+        )
         return port
 
     async def stop(self, grace: float | None = None) -> None:

@@ -1,11 +1,16 @@
-"""The one gate every RPC of Narset's two services passes, so that no request can make a method fail
-in a way it was not written for.
+"""The one gate every RPC of Narset's two services passes: identity, limits, audit, and no status a
+method was not written to give.
 
-A server interceptor wraps each method: it decodes the request itself (undecodable bytes are
-INVALID_ARGUMENT with reason MALFORMED_REQUEST, not UNKNOWN), checks every field against the
-documented limits (`narset.contract.limits`) before any logic runs, turns a `Refusal` into its
-status, and answers anything else INTERNAL with a generic message, logged with its traceback and
-the method.
+A server interceptor wraps each method. In order, it authenticates the call's bearer token
+(`narset.server.identity`), decodes the request itself (undecodable bytes are INVALID_ARGUMENT with
+reason MALFORMED_REQUEST, not UNKNOWN), checks every field against the documented limits
+(`narset.contract.limits`) before any logic runs, checks that the caller's role admits the method
+and its job patterns the job, and runs the method. A mutating method runs inside one store
+transaction together with its audit entry, so the change and its record commit or vanish together.
+A `Refusal` becomes its status (and an audit entry, for a mutating call or an identity refusal);
+anything else is INTERNAL with a generic message, logged with its traceback and the method.
+
+The services' unary methods are synchronous: nothing can interleave inside their transaction.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from narset.contract.scaffold_policy import FieldError
 from narset.control.errors import Refusal
 from narset.control.ledger import ACTIONS
 from narset.server._refusals import abort_refused
+from narset.server.audit import MUTATING, AuditedCall, decision_entries, entry
+from narset.server.identity import CALLER, Authority
+from narset.store import Store
 from narset.v1 import operator_service_pb2, worker_service_pb2
 
-__all__ = ["Guard"]
+__all__ = ["INTERNAL_MESSAGE", "SERVICES", "Guard"]
 
 log = structlog.get_logger("narset.server")
 
@@ -36,7 +44,11 @@ SERVICES = (
 )
 # The worker's requests name their fields from a prefix; the operator's from the request itself.
 _FIELD_PREFIX = {"Attach": "attach", "ReportBoundary": "report", "Detach": "detach"}
+_IDENTITY_STATUSES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 INTERNAL_MESSAGE = "internal error in Narset; its log has the details"
+
+Behavior = Callable[[Message, grpc.aio.ServicerContext], Message]
+StreamBehavior = Callable[[Message, grpc.aio.ServicerContext], AsyncIterator[Message]]
 
 
 def _checked_request(method: MethodDescriptor, raw: bytes) -> Message:
@@ -59,49 +71,22 @@ def _checked_request(method: MethodDescriptor, raw: bytes) -> Message:
     return request
 
 
-async def _fail(context: grpc.aio.ServicerContext, method: MethodDescriptor) -> None:
-    """Answer INTERNAL for an error of Narset itself; call from an `except` block (the log has its traceback)."""
-    log.exception("request.failed", rpc=method.name, peer=context.peer())
-    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
-
-
-def _guard_unary(
-    method: MethodDescriptor, behavior: Callable[[Message, grpc.aio.ServicerContext], Awaitable[Message]]
-) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]:
-    async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
-        try:
-            return await behavior(_checked_request(method, raw), context)
-        except Refusal as refusal:
-            await abort_refused(context, method.name, refusal)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            await _fail(context, method)
-
-    return guarded
-
-
-def _guard_stream(
-    method: MethodDescriptor, behavior: Callable[[Message, grpc.aio.ServicerContext], AsyncIterator[Message]]
-) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[Message]]:
-    async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
-        try:
-            async for response in behavior(_checked_request(method, raw), context):
-                yield response
-        except Refusal as refusal:
-            await abort_refused(context, method.name, refusal)
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            await _fail(context, method)
-
-    return guarded
+def _job_of(method: MethodDescriptor, request: Message) -> tuple[str, str] | None:
+    """(field, job id) of the job a request acts on; None for a request about no job."""
+    if method.name == "SubmitCommand":
+        return "command.job_id", request.command.job_id
+    if "job_id" not in request.DESCRIPTOR.fields_by_name:
+        return None
+    prefix = _FIELD_PREFIX.get(method.name)
+    return (f"{prefix}.job_id" if prefix else "job_id"), request.job_id
 
 
 class Guard(grpc.aio.ServerInterceptor):
     """Wraps every method of the worker and operator services; other services (health, reflection) pass."""
 
-    def __init__(self) -> None:
+    def __init__(self, authority: Authority, store: Store) -> None:
+        self._authority = authority
+        self._store = store
         self._methods = {f"/{service.full_name}/{m.name}": m for service in SERVICES for m in service.methods}
 
     async def intercept_service(
@@ -116,8 +101,81 @@ class Guard(grpc.aio.ServerInterceptor):
         # No request deserializer: the guarded behaviour gets the raw bytes and decodes them itself.
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _guard_unary(method, handler.unary_unary), response_serializer=handler.response_serializer
+                self._guard_unary(method, handler.unary_unary), response_serializer=handler.response_serializer
             )
         return grpc.unary_stream_rpc_method_handler(
-            _guard_stream(method, handler.unary_stream), response_serializer=handler.response_serializer
+            self._guard_stream(method, handler.unary_stream), response_serializer=handler.response_serializer
         )
+
+    def _admit(self, call: AuditedCall, method: MethodDescriptor, raw: bytes, context) -> Message:
+        """Authenticate, decode and authorize; the request, with the caller set for the method."""
+        principal = self._authority.authenticate(context.invocation_metadata())
+        call.principal, call.role = principal.name, principal.role
+        request = _checked_request(method, raw)
+        call.learn(request)
+        self._authority.authorize(principal, method.name, _job_of(method, request))
+        CALLER.set(principal)
+        return request
+
+    def _run(self, call: AuditedCall, behavior: Behavior, request: Message, context) -> Message:
+        if call.method not in MUTATING:
+            return behavior(request, context)
+        with self._store.transaction():
+            response = behavior(request, context)
+            if call.method == "SubmitCommand":
+                call.command_id = response.record.command.command_id
+            self._store.append_audit(entry(call, "OK"))
+            if call.method == "ReportBoundary":
+                for decided in decision_entries(call, list(response.decisions)):
+                    self._store.append_audit(decided)
+        return response
+
+    def _audit(self, call: AuditedCall, outcome: str, refusal: Refusal | None = None) -> None:
+        """Record a failed call if it was a mutating one or an identity refusal; never raises."""
+        identity = refusal is not None and refusal.status in _IDENTITY_STATUSES
+        if call.method not in MUTATING and not identity:
+            return
+        try:
+            with self._store.transaction():
+                self._store.append_audit(entry(call, outcome, refusal))
+        except Exception:
+            log.exception("audit.failed", rpc=call.method)
+
+    async def _refuse(self, call: AuditedCall, context, refusal: Refusal) -> None:
+        self._audit(call, refusal.status.name, refusal)
+        await abort_refused(context, call.method, refusal)
+
+    async def _fail(self, call: AuditedCall, context) -> None:
+        """Answer INTERNAL for a fault of Narset itself; call from an `except` block (the log has its traceback)."""
+        log.exception("request.failed", rpc=call.method, peer=call.peer)
+        self._audit(call, grpc.StatusCode.INTERNAL.name)
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    def _guard_unary(self, method: MethodDescriptor, behavior: Behavior):
+        async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+            call = AuditedCall(method.name, context.peer())
+            try:
+                return self._run(call, behavior, self._admit(call, method, raw, context), context)
+            except Refusal as refusal:
+                await self._refuse(call, context, refusal)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                await self._fail(call, context)
+
+        return guarded
+
+    def _guard_stream(self, method: MethodDescriptor, behavior: StreamBehavior):
+        async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
+            call = AuditedCall(method.name, context.peer())
+            try:
+                async for response in behavior(self._admit(call, method, raw, context), context):
+                    yield response
+            except Refusal as refusal:
+                await self._refuse(call, context, refusal)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                await self._fail(call, context)
+
+        return guarded

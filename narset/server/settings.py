@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -13,7 +14,30 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["ServerSettings", "load_settings"]
+__all__ = ["RESERVED_PRINCIPALS", "Role", "ServerSettings", "TokenSetting", "exposure_error", "load_settings"]
+
+Role = Literal["admin", "operator", "viewer", "worker"]
+# Principals of Narset itself (the decision engine, the tactical policy, the job's breakers): no
+# token may take their names, and no client may claim them as a command's issuer.
+RESERVED_PRINCIPALS = ("narset:", "policy:", "kasmina:")
+
+
+class TokenSetting(BaseModel):
+    """A bearer token Narset accepts. Only its SHA-256 is configured: the settings hold no secret."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=96, description="the identity: its commands' issued_by, the audit's who")
+    role: Role = Field(description="admin: everything; operator: read and act; viewer: read; worker: attach jobs")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token (`narset token` prints it)")
+    jobs: tuple[str, ...] = Field(("*",), min_length=1, description="globs of the job ids it may act on")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith(RESERVED_PRINCIPALS) or value == "anonymous":
+            raise ValueError(f"{value!r} is a name Narset keeps for itself")
+        return value
 
 
 class ServerSettings(BaseSettings):
@@ -30,6 +54,14 @@ class ServerSettings(BaseSettings):
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request accepted")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+    tokens: tuple[TokenSetting, ...] = Field((), description="bearer tokens; none: every caller is anonymous")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain of the server (with tls_key: TLS)")
+    tls_key: Path | None = Field(None, description="PEM private key of the server")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle: clients must show a certificate it signed")
+    insecure: bool = Field(False, description="allow a non-loopback address without TLS and tokens")
+    stale_session_s: float = Field(
+        600.0, gt=0, description="a worker token may take over a job whose session was silent this long"
+    )
 
     @field_validator("address")
     @classmethod
@@ -38,6 +70,18 @@ class ServerSettings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"must be host:port with a port in 0..65535, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        for what in ("name", "sha256"):
+            values = [getattr(t, what) for t in self.tokens]
+            if len(set(values)) != len(values):
+                raise ValueError(f"tokens: two tokens have the same {what}")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -50,6 +94,33 @@ class ServerSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file (if any) comes from model_config["toml_file"], set by `load_settings`.
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def exposure_error(settings: ServerSettings) -> str | None:
+    """Why Narset would listen unprotected where others can reach it, or None.
+
+    Narset rewrites the weights of running jobs: beyond loopback it needs TLS and tokens, unless the
+    operator says `insecure` explicitly (a private network with other protection).
+    """
+    host = settings.address.rpartition(":")[0]
+    missing = [what for what, on in (("TLS", settings.tls_cert), ("tokens", settings.tokens)) if not on]
+    if _is_loopback(host) or not missing or settings.insecure:
+        return None
+    return (
+        f"refusing to listen on {settings.address} without {' and '.join(missing)}: anyone who reaches it could "
+        f"deploy, fold or prune on every job. Configure tls_cert/tls_key and tokens, listen on loopback, or pass "
+        f"--insecure (NARSET_INSECURE=true) to accept the risk"
+    )
 
 
 def load_settings(config_file: Path | None = None, **overrides: object) -> ServerSettings:

@@ -1,28 +1,42 @@
-"""WorkerService: what a job's rank 0 calls at attach, at each checkpoint boundary, and at the end."""
+"""WorkerService: what a job's rank 0 calls at attach, at each checkpoint boundary, and at the end.
+
+The methods are synchronous: the guard (narset/server/guard.py) runs each inside one store
+transaction with its audit entry, with the caller already authenticated and authorized.
+"""
 
 from __future__ import annotations
+
+import time
 
 import grpc
 
 from narset.control.exchange import Exchange
+from narset.server.identity import CALLER
+from narset.v1 import job_pb2, worker_service_pb2_grpc
 from narset.v1 import worker_service_pb2 as pb
-from narset.v1 import worker_service_pb2_grpc
 
 __all__ = ["WorkerService"]
 
 
 class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(self, exchange: Exchange, stale_session_s: float) -> None:
         self._exchange = exchange
+        self._stale_session_s = stale_session_s
 
-    async def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> pb.AttachResponse:
-        return self._exchange.attach(request)
+    def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> pb.AttachResponse:
+        caller = CALLER.get()
 
-    async def ReportBoundary(
+        def may_take_over(job: job_pb2.Job) -> bool:
+            silent_s = time.time() - job.last_seen_at.ToNanoseconds() / 1e9
+            return caller.may_take_over(job.job_id, silent_s, self._stale_session_s)
+
+        return self._exchange.attach(request, may_take_over)
+
+    def ReportBoundary(
         self, request: pb.ReportBoundaryRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportBoundaryResponse:
         return self._exchange.report(request)
 
-    async def Detach(self, request: pb.DetachRequest, context: grpc.aio.ServicerContext) -> pb.DetachResponse:
+    def Detach(self, request: pb.DetachRequest, context: grpc.aio.ServicerContext) -> pb.DetachResponse:
         self._exchange.detach(request)
         return pb.DetachResponse()

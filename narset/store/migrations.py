@@ -119,4 +119,33 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE decisions_scoped RENAME TO decisions;
     CREATE INDEX decisions_by_job ON decisions (job_id, boundary);
     """,
+    # 3: identity. jobs.session_id holds the SHA-256 of the session's worker credential, never the
+    # credential: the plain ids stored so far are cleared (their workers attach again). The audit log
+    # is append-only: triggers refuse every UPDATE and DELETE, whoever issues them.
+    """
+    UPDATE jobs SET session_id = '';
+    CREATE INDEX jobs_by_session ON jobs (session_id);
+    CREATE TABLE audit (
+        sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ns INTEGER NOT NULL,
+        principal TEXT NOT NULL,
+        role TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        method TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        command_id TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_job ON audit (job_id, sequence);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit log is append-only');
+    END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN
+        SELECT RAISE(ABORT, 'the audit log is append-only');
+    END;
+    """,
 )

@@ -22,66 +22,73 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from narset.v1 import command_pb2 as narset_dot_v1_dot_command__pb2
 from narset.v1 import job_pb2 as narset_dot_v1_dot_job__pb2
 from narset.v1 import telemetry_pb2 as narset_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n narset/v1/operator_service.proto\x12\tnarset.v1\x1a\x17narset/v1/command.proto\x1a\x13narset/v1/job.proto\x1a\x19narset/v1/telemetry.proto\"\x11\n\x0fListJobsRequest\"0\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.narset.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x80\x01\n\x0eGetJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.narset.v1.Job\x12$\n\x06policy\x18\x02 \x01(\x0b\x32\x14.narset.v1.JobPolicy\x12+\n\tembargoes\x18\x03 \x03(\x0b\x32\x18.narset.v1.RegionEmbargo\"$\n\x12ListModulesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"=\n\x13ListModulesResponse\x12&\n\x07modules\x18\x01 \x03(\x0b\x32\x15.narset.v1.ModuleInfo\"\x17\n\x15ListBlueprintsRequest\"B\n\x16ListBlueprintsResponse\x12(\n\nblueprints\x18\x01 \x03(\x0b\x32\x14.narset.v1.Blueprint\"E\n\x14SubmitCommandRequest\x12-\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1c.narset.v1.AdaptationCommand\"T\n\x15SubmitCommandResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.narset.v1.CommandRecord\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"=\n\x14ListScaffoldsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rinclude_ended\x18\x02 \x01(\x08\"?\n\x15ListScaffoldsResponse\x12&\n\tscaffolds\x18\x01 \x03(\x0b\x32\x13.narset.v1.Scaffold\"9\n\x12GetScaffoldRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bscaffold_id\x18\x02 \x01(\t\"<\n\x13GetScaffoldResponse\x12%\n\x08scaffold\x18\x01 \x01(\x0b\x32\x13.narset.v1.Scaffold\"N\n\x13ListCommandsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06states\x18\x02 \x03(\x0e\x32\x17.narset.v1.CommandState\"B\n\x14ListCommandsResponse\x12*\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x18.narset.v1.CommandRecord\"&\n\x14ListDecisionsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x15ListDecisionsResponse\x12&\n\tdecisions\x18\x01 \x03(\x0b\x32\x13.narset.v1.Decision\"\"\n\x10GetPolicyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x11GetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"H\n\x10SetPolicyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12$\n\x06policy\x18\x02 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"9\n\x11SetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"L\n\x12WatchEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"6\n\x13WatchEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.narset.v1.Event2\xb5\x07\n\x0fOperatorService\x12\x43\n\x08ListJobs\x12\x1a.narset.v1.ListJobsRequest\x1a\x1b.narset.v1.ListJobsResponse\x12=\n\x06GetJob\x12\x18.narset.v1.GetJobRequest\x1a\x19.narset.v1.GetJobResponse\x12L\n\x0bListModules\x12\x1d.narset.v1.ListModulesRequest\x1a\x1e.narset.v1.ListModulesResponse\x12U\n\x0eListBlueprints\x12 .narset.v1.ListBlueprintsRequest\x1a!.narset.v1.ListBlueprintsResponse\x12R\n\rSubmitCommand\x12\x1f.narset.v1.SubmitCommandRequest\x1a .narset.v1.SubmitCommandResponse\x12R\n\rListScaffolds\x12\x1f.narset.v1.ListScaffoldsRequest\x1a .narset.v1.ListScaffoldsResponse\x12L\n\x0bGetScaffold\x12\x1d.narset.v1.GetScaffoldRequest\x1a\x1e.narset.v1.GetScaffoldResponse\x12O\n\x0cListCommands\x12\x1e.narset.v1.ListCommandsRequest\x1a\x1f.narset.v1.ListCommandsResponse\x12R\n\rListDecisions\x12\x1f.narset.v1.ListDecisionsRequest\x1a .narset.v1.ListDecisionsResponse\x12\x46\n\tGetPolicy\x12\x1b.narset.v1.GetPolicyRequest\x1a\x1c.narset.v1.GetPolicyResponse\x12\x46\n\tSetPolicy\x12\x1b.narset.v1.SetPolicyRequest\x1a\x1c.narset.v1.SetPolicyResponse\x12N\n\x0bWatchEvents\x12\x1d.narset.v1.WatchEventsRequest\x1a\x1e.narset.v1.WatchEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n narset/v1/operator_service.proto\x12\tnarset.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17narset/v1/command.proto\x1a\x13narset/v1/job.proto\x1a\x19narset/v1/telemetry.proto\"\x11\n\x0fListJobsRequest\"0\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.narset.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x80\x01\n\x0eGetJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.narset.v1.Job\x12$\n\x06policy\x18\x02 \x01(\x0b\x32\x14.narset.v1.JobPolicy\x12+\n\tembargoes\x18\x03 \x03(\x0b\x32\x18.narset.v1.RegionEmbargo\"$\n\x12ListModulesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"=\n\x13ListModulesResponse\x12&\n\x07modules\x18\x01 \x03(\x0b\x32\x15.narset.v1.ModuleInfo\"\x17\n\x15ListBlueprintsRequest\"B\n\x16ListBlueprintsResponse\x12(\n\nblueprints\x18\x01 \x03(\x0b\x32\x14.narset.v1.Blueprint\"E\n\x14SubmitCommandRequest\x12-\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1c.narset.v1.AdaptationCommand\"T\n\x15SubmitCommandResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.narset.v1.CommandRecord\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"=\n\x14ListScaffoldsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rinclude_ended\x18\x02 \x01(\x08\"?\n\x15ListScaffoldsResponse\x12&\n\tscaffolds\x18\x01 \x03(\x0b\x32\x13.narset.v1.Scaffold\"9\n\x12GetScaffoldRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bscaffold_id\x18\x02 \x01(\t\"<\n\x13GetScaffoldResponse\x12%\n\x08scaffold\x18\x01 \x01(\x0b\x32\x13.narset.v1.Scaffold\"N\n\x13ListCommandsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06states\x18\x02 \x03(\x0e\x32\x17.narset.v1.CommandState\"B\n\x14ListCommandsResponse\x12*\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x18.narset.v1.CommandRecord\"&\n\x14ListDecisionsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x15ListDecisionsResponse\x12&\n\tdecisions\x18\x01 \x03(\x0b\x32\x13.narset.v1.Decision\"\"\n\x10GetPolicyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x11GetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"H\n\x10SetPolicyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12$\n\x06policy\x18\x02 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"9\n\x11SetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"L\n\x12WatchEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"6\n\x13WatchEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.narset.v1.Event\"I\n\x10ListAuditRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"\xda\x01\n\nAuditEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x0e\n\x06job_id\x18\x07 \x01(\t\x12\x12\n\ncommand_id\x18\x08 \x01(\t\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\";\n\x11ListAuditResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.narset.v1.AuditEntry2\xfd\x07\n\x0fOperatorService\x12\x43\n\x08ListJobs\x12\x1a.narset.v1.ListJobsRequest\x1a\x1b.narset.v1.ListJobsResponse\x12=\n\x06GetJob\x12\x18.narset.v1.GetJobRequest\x1a\x19.narset.v1.GetJobResponse\x12L\n\x0bListModules\x12\x1d.narset.v1.ListModulesRequest\x1a\x1e.narset.v1.ListModulesResponse\x12U\n\x0eListBlueprints\x12 .narset.v1.ListBlueprintsRequest\x1a!.narset.v1.ListBlueprintsResponse\x12R\n\rSubmitCommand\x12\x1f.narset.v1.SubmitCommandRequest\x1a .narset.v1.SubmitCommandResponse\x12R\n\rListScaffolds\x12\x1f.narset.v1.ListScaffoldsRequest\x1a .narset.v1.ListScaffoldsResponse\x12L\n\x0bGetScaffold\x12\x1d.narset.v1.GetScaffoldRequest\x1a\x1e.narset.v1.GetScaffoldResponse\x12O\n\x0cListCommands\x12\x1e.narset.v1.ListCommandsRequest\x1a\x1f.narset.v1.ListCommandsResponse\x12R\n\rListDecisions\x12\x1f.narset.v1.ListDecisionsRequest\x1a .narset.v1.ListDecisionsResponse\x12\x46\n\tGetPolicy\x12\x1b.narset.v1.GetPolicyRequest\x1a\x1c.narset.v1.GetPolicyResponse\x12\x46\n\tSetPolicy\x12\x1b.narset.v1.SetPolicyRequest\x1a\x1c.narset.v1.SetPolicyResponse\x12N\n\x0bWatchEvents\x12\x1d.narset.v1.WatchEventsRequest\x1a\x1e.narset.v1.WatchEventsResponse0\x01\x12\x46\n\tListAudit\x12\x1b.narset.v1.ListAuditRequest\x1a\x1c.narset.v1.ListAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'narset.v1.operator_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTJOBSREQUEST']._serialized_start=120
-  _globals['_LISTJOBSREQUEST']._serialized_end=137
-  _globals['_LISTJOBSRESPONSE']._serialized_start=139
-  _globals['_LISTJOBSRESPONSE']._serialized_end=187
-  _globals['_GETJOBREQUEST']._serialized_start=189
-  _globals['_GETJOBREQUEST']._serialized_end=220
-  _globals['_GETJOBRESPONSE']._serialized_start=223
-  _globals['_GETJOBRESPONSE']._serialized_end=351
-  _globals['_LISTMODULESREQUEST']._serialized_start=353
-  _globals['_LISTMODULESREQUEST']._serialized_end=389
-  _globals['_LISTMODULESRESPONSE']._serialized_start=391
-  _globals['_LISTMODULESRESPONSE']._serialized_end=452
-  _globals['_LISTBLUEPRINTSREQUEST']._serialized_start=454
-  _globals['_LISTBLUEPRINTSREQUEST']._serialized_end=477
-  _globals['_LISTBLUEPRINTSRESPONSE']._serialized_start=479
-  _globals['_LISTBLUEPRINTSRESPONSE']._serialized_end=545
-  _globals['_SUBMITCOMMANDREQUEST']._serialized_start=547
-  _globals['_SUBMITCOMMANDREQUEST']._serialized_end=616
-  _globals['_SUBMITCOMMANDRESPONSE']._serialized_start=618
-  _globals['_SUBMITCOMMANDRESPONSE']._serialized_end=702
-  _globals['_LISTSCAFFOLDSREQUEST']._serialized_start=704
-  _globals['_LISTSCAFFOLDSREQUEST']._serialized_end=765
-  _globals['_LISTSCAFFOLDSRESPONSE']._serialized_start=767
-  _globals['_LISTSCAFFOLDSRESPONSE']._serialized_end=830
-  _globals['_GETSCAFFOLDREQUEST']._serialized_start=832
-  _globals['_GETSCAFFOLDREQUEST']._serialized_end=889
-  _globals['_GETSCAFFOLDRESPONSE']._serialized_start=891
-  _globals['_GETSCAFFOLDRESPONSE']._serialized_end=951
-  _globals['_LISTCOMMANDSREQUEST']._serialized_start=953
-  _globals['_LISTCOMMANDSREQUEST']._serialized_end=1031
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=1033
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=1099
-  _globals['_LISTDECISIONSREQUEST']._serialized_start=1101
-  _globals['_LISTDECISIONSREQUEST']._serialized_end=1139
-  _globals['_LISTDECISIONSRESPONSE']._serialized_start=1141
-  _globals['_LISTDECISIONSRESPONSE']._serialized_end=1204
-  _globals['_GETPOLICYREQUEST']._serialized_start=1206
-  _globals['_GETPOLICYREQUEST']._serialized_end=1240
-  _globals['_GETPOLICYRESPONSE']._serialized_start=1242
-  _globals['_GETPOLICYRESPONSE']._serialized_end=1299
-  _globals['_SETPOLICYREQUEST']._serialized_start=1301
-  _globals['_SETPOLICYREQUEST']._serialized_end=1373
-  _globals['_SETPOLICYRESPONSE']._serialized_start=1375
-  _globals['_SETPOLICYRESPONSE']._serialized_end=1432
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1434
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1510
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1512
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1566
-  _globals['_OPERATORSERVICE']._serialized_start=1569
-  _globals['_OPERATORSERVICE']._serialized_end=2518
+  _globals['_LISTJOBSREQUEST']._serialized_start=153
+  _globals['_LISTJOBSREQUEST']._serialized_end=170
+  _globals['_LISTJOBSRESPONSE']._serialized_start=172
+  _globals['_LISTJOBSRESPONSE']._serialized_end=220
+  _globals['_GETJOBREQUEST']._serialized_start=222
+  _globals['_GETJOBREQUEST']._serialized_end=253
+  _globals['_GETJOBRESPONSE']._serialized_start=256
+  _globals['_GETJOBRESPONSE']._serialized_end=384
+  _globals['_LISTMODULESREQUEST']._serialized_start=386
+  _globals['_LISTMODULESREQUEST']._serialized_end=422
+  _globals['_LISTMODULESRESPONSE']._serialized_start=424
+  _globals['_LISTMODULESRESPONSE']._serialized_end=485
+  _globals['_LISTBLUEPRINTSREQUEST']._serialized_start=487
+  _globals['_LISTBLUEPRINTSREQUEST']._serialized_end=510
+  _globals['_LISTBLUEPRINTSRESPONSE']._serialized_start=512
+  _globals['_LISTBLUEPRINTSRESPONSE']._serialized_end=578
+  _globals['_SUBMITCOMMANDREQUEST']._serialized_start=580
+  _globals['_SUBMITCOMMANDREQUEST']._serialized_end=649
+  _globals['_SUBMITCOMMANDRESPONSE']._serialized_start=651
+  _globals['_SUBMITCOMMANDRESPONSE']._serialized_end=735
+  _globals['_LISTSCAFFOLDSREQUEST']._serialized_start=737
+  _globals['_LISTSCAFFOLDSREQUEST']._serialized_end=798
+  _globals['_LISTSCAFFOLDSRESPONSE']._serialized_start=800
+  _globals['_LISTSCAFFOLDSRESPONSE']._serialized_end=863
+  _globals['_GETSCAFFOLDREQUEST']._serialized_start=865
+  _globals['_GETSCAFFOLDREQUEST']._serialized_end=922
+  _globals['_GETSCAFFOLDRESPONSE']._serialized_start=924
+  _globals['_GETSCAFFOLDRESPONSE']._serialized_end=984
+  _globals['_LISTCOMMANDSREQUEST']._serialized_start=986
+  _globals['_LISTCOMMANDSREQUEST']._serialized_end=1064
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=1066
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=1132
+  _globals['_LISTDECISIONSREQUEST']._serialized_start=1134
+  _globals['_LISTDECISIONSREQUEST']._serialized_end=1172
+  _globals['_LISTDECISIONSRESPONSE']._serialized_start=1174
+  _globals['_LISTDECISIONSRESPONSE']._serialized_end=1237
+  _globals['_GETPOLICYREQUEST']._serialized_start=1239
+  _globals['_GETPOLICYREQUEST']._serialized_end=1273
+  _globals['_GETPOLICYRESPONSE']._serialized_start=1275
+  _globals['_GETPOLICYRESPONSE']._serialized_end=1332
+  _globals['_SETPOLICYREQUEST']._serialized_start=1334
+  _globals['_SETPOLICYREQUEST']._serialized_end=1406
+  _globals['_SETPOLICYRESPONSE']._serialized_start=1408
+  _globals['_SETPOLICYRESPONSE']._serialized_end=1465
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1467
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1543
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1545
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1599
+  _globals['_LISTAUDITREQUEST']._serialized_start=1601
+  _globals['_LISTAUDITREQUEST']._serialized_end=1674
+  _globals['_AUDITENTRY']._serialized_start=1677
+  _globals['_AUDITENTRY']._serialized_end=1895
+  _globals['_LISTAUDITRESPONSE']._serialized_start=1897
+  _globals['_LISTAUDITRESPONSE']._serialized_end=1956
+  _globals['_OPERATORSERVICE']._serialized_start=1959
+  _globals['_OPERATORSERVICE']._serialized_end=2980
 # @@protoc_insertion_point(module_scope)

@@ -39,10 +39,12 @@ class OperatorServiceStub:
     itself (a generic message; the server logs it with its traceback).
 
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
-    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
-    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
-    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
-    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
+    128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
+    strings of at most 4096 characters; at most 10000 entries in any repeated or map field; every
+    number finite; every enum value a known one; boundaries in [0, 2^53 - 1]. Command and decision ids
+    are scoped per job; an id Narset derives from a scaffold id ("<scaffold>.prune.b<N>") that would
+    exceed 128 characters has the scaffold id cut and marked "@" + 8 hex digits of its SHA-256.
+    A refused value is echoed cut to 200 characters.
 
     Reasons given here:
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, out of range or inconsistent.
@@ -65,6 +67,20 @@ class OperatorServiceStub:
     - ROLLBACK_UNAVAILABLE (FAILED_PRECONDITION): not fused, or older than the folds kept for rollback.
     - GATE_FAILING (FAILED_PRECONDITION): a fold against a failing or unmeasured gate, without force.
     - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
+
+    Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
+    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
+    (loopback only) every caller is "anonymous" with every right. Identity refusals:
+    - TOKEN_MISSING (UNAUTHENTICATED): the call carries no bearer token.
+    - TOKEN_INVALID (UNAUTHENTICATED): the bearer token is not one this Narset knows.
+    - ROLE_FORBIDS (PERMISSION_DENIED): the token's role may not call this method.
+    - JOB_OUT_OF_SCOPE (PERMISSION_DENIED): the token's job patterns do not cover the job.
+    - RESERVED_ISSUER (PERMISSION_DENIED): issued_by names a principal of Narset itself (narset:, policy:,
+    kasmina:). A command's issued_by is the caller's identity; the text a client sends is only audited.
+
+    Reads need the admin, operator or viewer role, SubmitCommand and SetPolicy admin or operator,
+    ListAudit admin. ListJobs lists the jobs the token covers; WatchEvents of every job needs a token
+    covering every job. No read returns a session credential.
     """
 
     def __init__(self, channel):
@@ -133,6 +149,11 @@ class OperatorServiceStub:
                 request_serializer=narset_dot_v1_dot_operator__service__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=narset_dot_v1_dot_operator__service__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/narset.v1.OperatorService/ListAudit',
+                request_serializer=narset_dot_v1_dot_operator__service__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=narset_dot_v1_dot_operator__service__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -149,10 +170,12 @@ class OperatorServiceServicer:
     itself (a generic message; the server logs it with its traceback).
 
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
-    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
-    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
-    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
-    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
+    128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
+    strings of at most 4096 characters; at most 10000 entries in any repeated or map field; every
+    number finite; every enum value a known one; boundaries in [0, 2^53 - 1]. Command and decision ids
+    are scoped per job; an id Narset derives from a scaffold id ("<scaffold>.prune.b<N>") that would
+    exceed 128 characters has the scaffold id cut and marked "@" + 8 hex digits of its SHA-256.
+    A refused value is echoed cut to 200 characters.
 
     Reasons given here:
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, out of range or inconsistent.
@@ -175,6 +198,20 @@ class OperatorServiceServicer:
     - ROLLBACK_UNAVAILABLE (FAILED_PRECONDITION): not fused, or older than the folds kept for rollback.
     - GATE_FAILING (FAILED_PRECONDITION): a fold against a failing or unmeasured gate, without force.
     - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
+
+    Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
+    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
+    (loopback only) every caller is "anonymous" with every right. Identity refusals:
+    - TOKEN_MISSING (UNAUTHENTICATED): the call carries no bearer token.
+    - TOKEN_INVALID (UNAUTHENTICATED): the bearer token is not one this Narset knows.
+    - ROLE_FORBIDS (PERMISSION_DENIED): the token's role may not call this method.
+    - JOB_OUT_OF_SCOPE (PERMISSION_DENIED): the token's job patterns do not cover the job.
+    - RESERVED_ISSUER (PERMISSION_DENIED): issued_by names a principal of Narset itself (narset:, policy:,
+    kasmina:). A command's issued_by is the caller's identity; the text a client sends is only audited.
+
+    Reads need the admin, operator or viewer role, SubmitCommand and SetPolicy admin or operator,
+    ListAudit admin. ListJobs lists the jobs the token covers; WatchEvents of every job needs a token
+    covering every job. No read returns a session credential.
     """
 
     def ListJobs(self, request, context):
@@ -251,6 +288,13 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """The append-only audit log: every mutating call and every refusal of one, every identity refusal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -314,6 +358,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     request_deserializer=narset_dot_v1_dot_operator__service__pb2.WatchEventsRequest.FromString,
                     response_serializer=narset_dot_v1_dot_operator__service__pb2.WatchEventsResponse.SerializeToString,
             ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=narset_dot_v1_dot_operator__service__pb2.ListAuditRequest.FromString,
+                    response_serializer=narset_dot_v1_dot_operator__service__pb2.ListAuditResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'narset.v1.OperatorService', rpc_method_handlers)
@@ -336,10 +385,12 @@ class OperatorService:
     itself (a generic message; the server logs it with its traceback).
 
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
-    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
-    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
-    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
-    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
+    128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
+    strings of at most 4096 characters; at most 10000 entries in any repeated or map field; every
+    number finite; every enum value a known one; boundaries in [0, 2^53 - 1]. Command and decision ids
+    are scoped per job; an id Narset derives from a scaffold id ("<scaffold>.prune.b<N>") that would
+    exceed 128 characters has the scaffold id cut and marked "@" + 8 hex digits of its SHA-256.
+    A refused value is echoed cut to 200 characters.
 
     Reasons given here:
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, out of range or inconsistent.
@@ -362,6 +413,20 @@ class OperatorService:
     - ROLLBACK_UNAVAILABLE (FAILED_PRECONDITION): not fused, or older than the folds kept for rollback.
     - GATE_FAILING (FAILED_PRECONDITION): a fold against a failing or unmeasured gate, without force.
     - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
+
+    Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
+    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
+    (loopback only) every caller is "anonymous" with every right. Identity refusals:
+    - TOKEN_MISSING (UNAUTHENTICATED): the call carries no bearer token.
+    - TOKEN_INVALID (UNAUTHENTICATED): the bearer token is not one this Narset knows.
+    - ROLE_FORBIDS (PERMISSION_DENIED): the token's role may not call this method.
+    - JOB_OUT_OF_SCOPE (PERMISSION_DENIED): the token's job patterns do not cover the job.
+    - RESERVED_ISSUER (PERMISSION_DENIED): issued_by names a principal of Narset itself (narset:, policy:,
+    kasmina:). A command's issued_by is the caller's identity; the text a client sends is only audited.
+
+    Reads need the admin, operator or viewer role, SubmitCommand and SetPolicy admin or operator,
+    ListAudit admin. ListJobs lists the jobs the token covers; WatchEvents of every job needs a token
+    covering every job. No read returns a session credential.
     """
 
     @staticmethod
@@ -678,6 +743,33 @@ class OperatorService:
             '/narset.v1.OperatorService/WatchEvents',
             narset_dot_v1_dot_operator__service__pb2.WatchEventsRequest.SerializeToString,
             narset_dot_v1_dot_operator__service__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/narset.v1.OperatorService/ListAudit',
+            narset_dot_v1_dot_operator__service__pb2.ListAuditRequest.SerializeToString,
+            narset_dot_v1_dot_operator__service__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,7 +20,7 @@ class RestoredState(_message.Message):
     def __init__(self, boundary: _Optional[int] = ..., applied_command_ids: _Optional[_Iterable[str]] = ..., scaffolds: _Optional[_Iterable[_Union[_telemetry_pb2.ScaffoldReport, _Mapping]]] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
-    __slots__ = ("job_id", "world_size", "ranks", "modules", "regions", "capabilities", "restored", "blueprints")
+    __slots__ = ("job_id", "world_size", "ranks", "modules", "regions", "capabilities", "restored", "blueprints", "session_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     RANKS_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class AttachRequest(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     RESTORED_FIELD_NUMBER: _ClassVar[int]
     BLUEPRINTS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     world_size: int
     ranks: _containers.RepeatedCompositeFieldContainer[_job_pb2.RankInfo]
@@ -37,7 +38,8 @@ class AttachRequest(_message.Message):
     capabilities: _job_pb2.WorkerCapabilities
     restored: RestoredState
     blueprints: _containers.RepeatedCompositeFieldContainer[_job_pb2.Blueprint]
-    def __init__(self, job_id: _Optional[str] = ..., world_size: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[_job_pb2.RankInfo, _Mapping]]] = ..., modules: _Optional[_Iterable[_Union[_job_pb2.ModuleInfo, _Mapping]]] = ..., regions: _Optional[_Iterable[_Union[_job_pb2.Region, _Mapping]]] = ..., capabilities: _Optional[_Union[_job_pb2.WorkerCapabilities, _Mapping]] = ..., restored: _Optional[_Union[RestoredState, _Mapping]] = ..., blueprints: _Optional[_Iterable[_Union[_job_pb2.Blueprint, _Mapping]]] = ...) -> None: ...
+    session_id: str
+    def __init__(self, job_id: _Optional[str] = ..., world_size: _Optional[int] = ..., ranks: _Optional[_Iterable[_Union[_job_pb2.RankInfo, _Mapping]]] = ..., modules: _Optional[_Iterable[_Union[_job_pb2.ModuleInfo, _Mapping]]] = ..., regions: _Optional[_Iterable[_Union[_job_pb2.Region, _Mapping]]] = ..., capabilities: _Optional[_Union[_job_pb2.WorkerCapabilities, _Mapping]] = ..., restored: _Optional[_Union[RestoredState, _Mapping]] = ..., blueprints: _Optional[_Iterable[_Union[_job_pb2.Blueprint, _Mapping]]] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class AttachResponse(_message.Message):
     __slots__ = ("session_id", "next_boundary", "policy", "redeliver_command_ids")

@@ -39,10 +39,12 @@ class WorkerServiceStub:
     itself (a generic message; the server logs it with its traceback).
 
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
-    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
-    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
-    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
-    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
+    128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
+    strings of at most 4096 characters; at most 10000 entries in any repeated or map field; every
+    number finite; every enum value a known one; boundaries in [0, 2^53 - 1]. Command and decision ids
+    are scoped per job; an id Narset derives from a scaffold id ("<scaffold>.prune.b<N>") that would
+    exceed 128 characters has the scaffold id cut and marked "@" + 8 hex digits of its SHA-256.
+    A refused value is echoed cut to 200 characters.
 
     Reasons given here (every code: narset/contract/reasons.py and operator_service.proto):
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, non-finite or out of range.
@@ -50,6 +52,21 @@ class WorkerServiceStub:
     - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
     - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
     - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
+
+    Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
+    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
+    (loopback only) every caller is "anonymous" with every right. Identity refusals:
+    - TOKEN_MISSING (UNAUTHENTICATED): the call carries no bearer token.
+    - TOKEN_INVALID (UNAUTHENTICATED): the bearer token is not one this Narset knows.
+    - ROLE_FORBIDS (PERMISSION_DENIED): the token's role may not call this method.
+    - JOB_OUT_OF_SCOPE (PERMISSION_DENIED): the token's job patterns do not cover the job.
+    - JOB_ATTACHED (PERMISSION_DENIED): the job is attached to another session; taking it over needs
+    that session's credential (AttachRequest.session_id), an admin or operator token covering the job,
+    or a worker token once the session has been silent for the server's stale_session_s.
+    - SESSION_OF_ANOTHER_JOB (PERMISSION_DENIED): the session credential belongs to another job.
+
+    Attach issues the session's worker credential (AttachResponse.session_id), a secret returned by no
+    other call; ReportBoundary and Detach carry it. Narset keeps only its SHA-256.
     """
 
     def __init__(self, channel):
@@ -89,10 +106,12 @@ class WorkerServiceServicer:
     itself (a generic message; the server logs it with its traceback).
 
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
-    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
-    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
-    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
-    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
+    128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
+    strings of at most 4096 characters; at most 10000 entries in any repeated or map field; every
+    number finite; every enum value a known one; boundaries in [0, 2^53 - 1]. Command and decision ids
+    are scoped per job; an id Narset derives from a scaffold id ("<scaffold>.prune.b<N>") that would
+    exceed 128 characters has the scaffold id cut and marked "@" + 8 hex digits of its SHA-256.
+    A refused value is echoed cut to 200 characters.
 
     Reasons given here (every code: narset/contract/reasons.py and operator_service.proto):
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, non-finite or out of range.
@@ -100,6 +119,21 @@ class WorkerServiceServicer:
     - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
     - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
     - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
+
+    Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
+    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
+    (loopback only) every caller is "anonymous" with every right. Identity refusals:
+    - TOKEN_MISSING (UNAUTHENTICATED): the call carries no bearer token.
+    - TOKEN_INVALID (UNAUTHENTICATED): the bearer token is not one this Narset knows.
+    - ROLE_FORBIDS (PERMISSION_DENIED): the token's role may not call this method.
+    - JOB_OUT_OF_SCOPE (PERMISSION_DENIED): the token's job patterns do not cover the job.
+    - JOB_ATTACHED (PERMISSION_DENIED): the job is attached to another session; taking it over needs
+    that session's credential (AttachRequest.session_id), an admin or operator token covering the job,
+    or a worker token once the session has been silent for the server's stale_session_s.
+    - SESSION_OF_ANOTHER_JOB (PERMISSION_DENIED): the session credential belongs to another job.
+
+    Attach issues the session's worker credential (AttachResponse.session_id), a secret returned by no
+    other call; ReportBoundary and Detach carry it. Narset keeps only its SHA-256.
     """
 
     def Attach(self, request, context):
@@ -163,10 +197,12 @@ class WorkerService:
     itself (a generic message; the server logs it with its traceback).
 
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
-    128 characters, job and scaffold ids of at most 96 (Narset derives ids from them, e.g.
-    "<scaffold>.prune.b<N>"); strings of at most 4096 characters; at most 10000 entries in any repeated
-    or map field; every number finite; every enum value a known one; boundaries in [0, 2^53 - 1].
-    Command and decision ids are scoped per job. A refused value is echoed cut to 200 characters.
+    128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
+    strings of at most 4096 characters; at most 10000 entries in any repeated or map field; every
+    number finite; every enum value a known one; boundaries in [0, 2^53 - 1]. Command and decision ids
+    are scoped per job; an id Narset derives from a scaffold id ("<scaffold>.prune.b<N>") that would
+    exceed 128 characters has the scaffold id cut and marked "@" + 8 hex digits of its SHA-256.
+    A refused value is echoed cut to 200 characters.
 
     Reasons given here (every code: narset/contract/reasons.py and operator_service.proto):
     - INVALID_FIELD (INVALID_ARGUMENT): a field is missing, malformed, non-finite or out of range.
@@ -174,6 +210,21 @@ class WorkerService:
     - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
     - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
     - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
+
+    Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
+    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
+    (loopback only) every caller is "anonymous" with every right. Identity refusals:
+    - TOKEN_MISSING (UNAUTHENTICATED): the call carries no bearer token.
+    - TOKEN_INVALID (UNAUTHENTICATED): the bearer token is not one this Narset knows.
+    - ROLE_FORBIDS (PERMISSION_DENIED): the token's role may not call this method.
+    - JOB_OUT_OF_SCOPE (PERMISSION_DENIED): the token's job patterns do not cover the job.
+    - JOB_ATTACHED (PERMISSION_DENIED): the job is attached to another session; taking it over needs
+    that session's credential (AttachRequest.session_id), an admin or operator token covering the job,
+    or a worker token once the session has been silent for the server's stale_session_s.
+    - SESSION_OF_ANOTHER_JOB (PERMISSION_DENIED): the session credential belongs to another job.
+
+    Attach issues the session's worker credential (AttachResponse.session_id), a secret returned by no
+    other call; ReportBoundary and Detach carry it. Narset keeps only its SHA-256.
     """
 
     @staticmethod

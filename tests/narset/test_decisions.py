@@ -145,10 +145,15 @@ def test_hand_fold_against_failing_gate_needs_force(server, job, client, capsys)
     assert main([*base, "--json"]) == 3
     error = json.loads(capsys.readouterr().out)["error"]
     assert (error["reason"], error["field"]) == (reasons.GATE_FAILING, "fold.force")
+    # Claiming to be the decision engine, which has judged the gates already, no longer skips them.
+    assert main([*base, "--issued-by", "narset:gates", "--json"]) == 3
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert (error["code"], error["reason"]) == ("PERMISSION_DENIED", reasons.RESERVED_ISSUER)
+    assert client.list_decisions("run-7") == []
     assert main([*base, "--force", "--reason", "deadline"]) == 0
     capsys.readouterr()
     [decision] = client.list_decisions("run-7")
-    assert decision.forced and decision.issued_by == "operator"
+    assert decision.forced and decision.issued_by == "anonymous"  # the caller's identity: no tokens here
     assert decision.reason.startswith("deadline (forced past") and "G3" in decision.reason
     [record] = client.list_commands("run-7", [command_pb2.COMMAND_STATE_PENDING])
     assert record.forced

@@ -12,7 +12,7 @@ from narset_testing import assert_refusal, attach_request, deploy
 
 from narset.client import NarsetError
 from narset.contract import reasons
-from narset.contract.limits import BASE_ID_MAX, ID_MAX, MAX_BOUNDARY, MAX_ITEMS
+from narset.contract.limits import BASE_ID_MAX, ID_MAX, MAX_BOUNDARY, MAX_ITEMS, derived_id
 from narset.contract.stages import stage_name
 from narset.server.guard import INTERNAL_MESSAGE, SERVICES
 from narset.store import Store
@@ -112,23 +112,19 @@ def test_a_client_cannot_submit_an_id_of_the_form_narset_derives(operator_stub, 
 # derived ids and boundaries ---------------------------------------------------------------------------
 
 
-def test_ids_narset_derives_never_exceed_the_id_limit(client, operator_stub, worker_stub):
-    """Job and scaffold ids are held to 96 characters, so `<scaffold>.prune.b<N>` fits 128 at any boundary."""
+def test_ids_narset_derives_never_exceed_the_id_limit(client, worker_stub):
+    """A 128-character scaffold id at its end of life: the prune's id is cut and hashed to fit, and the job
+    reports on (it was blocked for good); job ids are held to 96 characters, for the ids built from them."""
     long_job = refused(worker_stub.Attach, attach_request("j" * (BASE_ID_MAX + 1)))
     assert_refusal(long_job, INVALID, reasons.INVALID_FIELD, "attach.job_id")
     job = Job(worker_stub)
-    too_long = deploy("encoder.fc1", scaffold_id="s" * (BASE_ID_MAX + 1))
-    error = refused(operator_stub.SubmitCommand, operator_service_pb2.SubmitCommandRequest(command=too_long))
-    assert_refusal(error, INVALID, reasons.INVALID_FIELD, "deploy.scaffold_id")
-    defaulted = deploy("encoder.fc1", command_id="c" * ID_MAX)
-    error = refused(operator_stub.SubmitCommand, operator_service_pb2.SubmitCommandRequest(command=defaulted))
-    assert_refusal(error, INVALID, reasons.INVALID_FIELD, "deploy.scaffold_id")
-    assert "defaults to the command id" in error.details()
-
-    longest = "s" * BASE_ID_MAX
+    longest, twin = "s" * ID_MAX, "s" * (ID_MAX - 1) + "t"
     deployed(job, client, scaffold_id=longest)
-    [prune] = job.report(MAX_BOUNDARY, scaffold(longest, non_finite=True))
-    assert prune == f"{longest}.prune.b{MAX_BOUNDARY}" and len(prune) <= ID_MAX
+    client.submit(deploy("decoder.fc1", command_id=twin))
+    assert job.report(3) == [twin]
+    [prune, twin_prune] = job.report(MAX_BOUNDARY, scaffold(longest, non_finite=True), scaffold(twin, non_finite=True))
+    assert prune == derived_id(longest, f".prune.b{MAX_BOUNDARY}") and len(prune) == ID_MAX
+    assert prune.endswith(f".prune.b{MAX_BOUNDARY}") and twin_prune != prune
     assert job.report(MAX_BOUNDARY) == []  # the job reports on: nothing blocks it at the end of life
 
 
