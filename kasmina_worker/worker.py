@@ -16,6 +16,7 @@ from itertools import islice
 import structlog
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from kasmina_worker.link.narset_transport import NarsetTransport
 from kasmina_worker.link.registration import attach_request
@@ -103,6 +104,7 @@ class KasminaWorker:
         config: WorkerConfig | None = None,
         distributed: DistributedConfig | None = None,
         narset_token: str | None = None,
+        scheduler: LRScheduler | None = None,
     ) -> None:
         if not job:
             raise ValueError("job must be a non-empty job id, got ''")
@@ -121,6 +123,8 @@ class KasminaWorker:
         self._ring = StepLossRing(self.config.breakers.window, device)
         self._breakers = Breakers(self.config.breakers, self._ring, device)
         self._runtime = ScaffoldRuntime(model, optimizer, job, self._ring)
+        if scheduler is not None:
+            self.attach_scheduler(scheduler)
         job_regions = _regions(regions)
         self._applier = CommandApplier(
             self._runtime, job, job_regions, on_exit=self._on_exit, site_inputs=self._site_inputs
@@ -172,6 +176,12 @@ class KasminaWorker:
     def scaffolds(self) -> Mapping[str, Scaffold]:
         """Live scaffold modules by scaffold id."""
         return {sid: live.module for sid, live in self._runtime.live.items()}
+
+    def attach_scheduler(self, scheduler: LRScheduler) -> None:
+        """Keep `scheduler` (any `torch.optim.lr_scheduler` scheduler of this worker's optimiser) working
+        as seed groups join and leave: its per-group lists gain and lose their entries with the groups.
+        For one created after the worker (a trainer's lazy one), attach it before the next boundary."""
+        self._runtime.rates.attach(scheduler)
 
     def submit(self, command: command_pb2.AdaptationCommand) -> str:
         """Queue a command for the next boundary; returns its command id (assigned when empty).

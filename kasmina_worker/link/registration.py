@@ -13,7 +13,7 @@ from torch import nn
 
 from kasmina_worker.parallel.distributed import rank_info
 from kasmina_worker.seeds.blueprints import blueprint_names, get_blueprint
-from kasmina_worker.seeds.hosts import module_info
+from kasmina_worker.seeds.hosts import module_info, parameter_ties
 from kasmina_worker.seeds.scaffold import Scaffold
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
 from narset.contract.rules import PROTOCOL_VERSION
@@ -24,16 +24,17 @@ __all__ = ["attach_request", "host_modules"]
 
 def host_modules(root: nn.Module) -> list[job_pb2.ModuleInfo]:
     """The host's module tree under its own names: a scaffold stands for the host module it wraps."""
+    ties = parameter_ties(root)
     infos: list[job_pb2.ModuleInfo] = []
     inside_scaffold: list[str] = []
     for name, module in root.named_modules():
         if not name or any(name.startswith(prefix) for prefix in inside_scaffold):
             continue
         if isinstance(module, Scaffold):
-            infos.append(module_info(name, module.host))
+            infos.append(module_info(name, module.host, ties))
             inside_scaffold.append(name + ".")
         else:
-            infos.append(module_info(name, module))
+            infos.append(module_info(name, module, ties))
     return infos
 
 

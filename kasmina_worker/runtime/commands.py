@@ -25,7 +25,7 @@ from kasmina_worker.runtime.lifecycle import (
 )
 from kasmina_worker.seeds.blueprints import get_blueprint
 from kasmina_worker.seeds.fold import FoldError
-from kasmina_worker.seeds.hosts import linear_layout, module_info
+from kasmina_worker.seeds.hosts import linear_layout, module_info, parameter_ties
 from kasmina_worker.seeds.scaffold import Scaffold
 from narset.contract.rules import (
     DEFAULT_EXTRA_CKPTS,
@@ -33,6 +33,7 @@ from narset.contract.rules import (
     blueprint_param_values,
     protected_region_error,
     region_for_module,
+    tied_parameter_error,
 )
 from narset.contract.scaffold_policy import effective_policy, policy_errors
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2
@@ -133,7 +134,10 @@ class CommandApplier:
         spec = get_blueprint(deploy.blueprint)
         if spec is None:
             raise Rejected("deploy.blueprint", f"unknown blueprint '{deploy.blueprint}'")
-        info = module_info(name, host)
+        info = module_info(name, host, parameter_ties(self.runtime.root))
+        tied = tied_parameter_error(info)
+        if tied is not None:
+            raise Rejected(tied.field, tied.reason)
         given = dict(deploy.blueprint_params)
         errors = blueprint_fit_errors(spec.proto, info, given)
         if errors:

@@ -14,6 +14,7 @@ from torch import nn
 
 from kasmina_worker.measure.breakers import StepLossRing
 from kasmina_worker.runtime import optim
+from kasmina_worker.runtime.rates import SeedRates
 from kasmina_worker.runtime.schedule import AlphaSchedule, ScheduleConfig
 from kasmina_worker.seeds.blueprints import BlueprintSpec, BuildContext, get_blueprint
 from kasmina_worker.seeds.fold import FoldRecord, ParamSwap, fold_delta, fold_router, unfold_delta, unfold_router
@@ -105,6 +106,17 @@ def plan_from_manifest(entry: dict) -> DeployPlan:
     )
 
 
+def _rate_scale(plan: DeployPlan, reference: dict) -> float:
+    """The seed's rate over its reference group's: the policy's `lr_scale`, or for an explicit learning
+    rate that rate over the group's base rate (its scheduler's `initial_lr`, else its rate), so that a
+    scheduler shapes it as it shapes the host's. A group whose base rate is 0 trains nothing, nor does
+    its seed."""
+    if plan.learning_rate is None:
+        return plan.policy.lr_scale
+    base = float(reference.get("initial_lr", reference["lr"]))
+    return plan.learning_rate / base if base > 0 else plan.policy.lr_scale
+
+
 class ScaffoldRuntime:
     """Live scaffolds on one model and optimiser."""
 
@@ -123,6 +135,7 @@ class ScaffoldRuntime:
         self.folds: list[FoldRecord] = []
         self.growth: list[dict] = []
         self.structure_version = 0
+        self.rates = SeedRates(optimizer)
 
     # ---- placing and removing -------------------------------------------------------------
 
@@ -140,7 +153,7 @@ class ScaffoldRuntime:
         seed = self._build_seed(plan)
         schedule = AlphaSchedule(ScheduleConfig.from_policy(plan.policy, plan.as_scaffold))
         live = self._place(plan, seed, schedule, boundary, self.ring.steps)
-        optim.add_seed_group(self.optimizer, plan.scaffold_id, seed, self._seed_options(live))
+        self._join_optimizer(live, state=None)
         self._log("scaffold_deployed", live, blueprint=plan.spec.proto.name, boundary=boundary)
         return live
 
@@ -164,10 +177,16 @@ class ScaffoldRuntime:
         self.structure_version += 1
         return live
 
-    def _seed_options(self, live: LiveScaffold) -> dict:
-        """The seed group's hyperparameters: its host group's, lr times `lr_scale` unless the command set one."""
-        plan = live.plan
-        return optim.seed_group_options(self.optimizer, live.module.host, plan.policy.lr_scale, plan.learning_rate)
+    def _join_optimizer(self, live: LiveScaffold, state: dict[str, dict] | None) -> None:
+        """Add the seed group with its reference group's hyperparameters, rates scaled, and tie its rate
+        to that group's (and the schedulers' lists to the groups)."""
+        host = live.module.host
+        index = optim.reference_group(self.optimizer, host)
+        reference = self.optimizer.param_groups[index]
+        scale = _rate_scale(live.plan, reference)
+        options = optim.seed_group_options(self.optimizer, reference, scale)
+        optim.add_seed_group(self.optimizer, live.scaffold_id, live.module.seed, options, state)
+        self.rates.joined(live.scaffold_id, host, index, scale)
 
     def apply_schedule(self, live: LiveScaffold) -> None:
         """Write the schedule's alpha into the buffer; freeze or unfreeze the host's own parameters."""
@@ -182,7 +201,10 @@ class ScaffoldRuntime:
 
     def _remove(self, live: LiveScaffold) -> dict[str, dict]:
         """Take the scaffold out of the tree and the optimiser; returns the seed's optimiser state."""
+        index = optim.group_index(self.optimizer, live.scaffold_id)
         state = optim.remove_seed_group(self.optimizer, live.scaffold_id, live.module.seed)
+        if index is not None:
+            self.rates.left(live.scaffold_id, index)
         for name, param in live.module.host.named_parameters():
             param.requires_grad_(live.host_requires_grad.get(name, True))
         replace_module(self.root, live.plan.module_name, live.module.host)
@@ -258,7 +280,7 @@ class ScaffoldRuntime:
         live.exit, live.exit_command = entry["exit"], entry["exit_command"]
         with torch.no_grad():
             live.module.alpha.fill_(entry["alpha"])
-        optim.add_seed_group(self.optimizer, plan.scaffold_id, seed, self._seed_options(live), optimizer_state)
+        self._join_optimizer(live, optimizer_state)
         return live
 
     def regrow(self, growth: list[dict]) -> None:

@@ -1,8 +1,9 @@
 """Seed parameters in the user's optimiser: one named parameter group per scaffold.
 
 The group joins at deploy (fresh state) with the hyperparameters of the group that holds its
-host's parameters, the learning rate times the policy's `lr_scale` (docs/design.md, section 4), so a
-seed trains at the rate the user chose for that part of the model. It leaves at exit with its
+host's parameters (its reference group), every rate times the seed's scale (docs/design.md, section
+4), so a seed trains at the rate the user chose for that part of the model; `rates.SeedRates` keeps
+it there as a scheduler moves the reference group's rate. It leaves at exit with its
 state, which the caller keeps when the exit may be rolled back. A router fold moves the appended
 expert into the host router's group and grows the router's state by the seed row's state.
 """
@@ -18,6 +19,7 @@ __all__ = [
     "drop_params",
     "group_index",
     "move_params_to_group",
+    "reference_group",
     "remove_seed_group",
     "replace_param",
     "seed_group_options",
@@ -25,6 +27,11 @@ __all__ = [
 ]
 
 GROUP_KEY = "kasmina_scaffold"
+# Group keys holding a rate, scaled for a seed group: the optimiser's `lr`, the `initial_lr` every
+# scheduler sets, OneCycleLR's `max_lr` and `min_lr`. Momentum keys a scheduler keeps in the group
+# (OneCycleLR, CyclicLR) are copied as they are, so the scheduler finds them on the seed group too.
+RATE_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+SCHEDULER_KEYS = ("max_momentum", "base_momentum")
 
 
 def group_index(optimizer: torch.optim.Optimizer, scaffold_id: str) -> int | None:
@@ -40,15 +47,25 @@ def seed_group_order(optimizer: torch.optim.Optimizer) -> list[str]:
     return [group[GROUP_KEY] for group in optimizer.param_groups if GROUP_KEY in group]
 
 
-def seed_group_options(
-    optimizer: torch.optim.Optimizer, host: nn.Module, lr_scale: float, lr: float | None = None
-) -> dict:
+def reference_group(optimizer: torch.optim.Optimizer, host: nn.Module) -> int:
+    """Index of the group holding the host's first parameter that has one; the first group when none
+    has (a host the user keeps out of the optimiser)."""
+    for param in host.parameters():
+        for index, group in enumerate(optimizer.param_groups):
+            if any(p is param for p in group["params"]):
+                return index
+    return 0
+
+
+def seed_group_options(optimizer: torch.optim.Optimizer, reference: dict, scale: float) -> dict:
     """A seed group's hyperparameters: those the optimiser declares (its defaults' keys: lr, weight
-    decay, betas, ...) as set on the group holding the host's first parameter that has one (the
-    optimiser's defaults when none has), with lr times `lr_scale`, or `lr` when given."""
-    source = next((g for p in host.parameters() if (g := _group_of(optimizer, p)) is not None), optimizer.defaults)
-    options = {key: source[key] for key in optimizer.defaults if key in source}
-    options["lr"] = lr if lr is not None else source["lr"] * lr_scale
+    decay, betas, ...) and those a scheduler keeps in the group, as set on `reference`, each rate
+    times `scale`."""
+    keys = dict.fromkeys([*optimizer.defaults, *RATE_KEYS, *SCHEDULER_KEYS])
+    options = {key: reference[key] for key in keys if key in reference}
+    for key in RATE_KEYS:
+        if key in options:
+            options[key] = options[key] * scale
     return options
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,17 @@ from torch import nn
 
 from narset.v1 import job_pb2
 
-__all__ = ["Conv1D", "ExpertMLP", "LinearLayout", "TopKMoE", "is_moe", "linear_layout", "module_info", "moe_combine"]
+__all__ = [
+    "Conv1D",
+    "ExpertMLP",
+    "LinearLayout",
+    "TopKMoE",
+    "is_moe",
+    "linear_layout",
+    "module_info",
+    "moe_combine",
+    "parameter_ties",
+]
 
 MOE_TRAIT = "moe"
 
@@ -136,11 +147,28 @@ def _feature_sizes(module: nn.Module) -> tuple[int | None, int | None]:
     )
 
 
-def module_info(name: str, module: nn.Module) -> job_pb2.ModuleInfo:
-    """The contract's description of one host module: type, feature sizes, traits, own parameters."""
+def parameter_ties(root: nn.Module) -> dict[int, list[str]]:
+    """The qualified names of each parameter that more than one module holds (a head tied to the input
+    embedding, a module reused at two places), by the parameter's id; unshared parameters are left out."""
+    names: dict[int, list[str]] = {}
+    for module_name, module in root.named_modules(remove_duplicate=False):
+        for param_name, param in module.named_parameters(recurse=False):
+            names.setdefault(id(param), []).append(f"{module_name}.{param_name}" if module_name else param_name)
+    return {key: found for key, found in names.items() if len(found) > 1}
+
+
+def module_info(name: str, module: nn.Module, ties: Mapping[int, Sequence[str]] | None = None) -> job_pb2.ModuleInfo:
+    """The contract's description of one host module: type, feature sizes, traits, own parameters (with
+    the other names of those in `ties`, from `parameter_ties` of the root)."""
     info = job_pb2.ModuleInfo(name=name, type=type(module).__name__)
     for param_name, param in module.named_parameters(recurse=False):
-        info.parameters.add(name=param_name, shape=list(param.shape), dtype=str(param.dtype).removeprefix("torch."))
+        own = f"{name}.{param_name}" if name else param_name
+        info.parameters.add(
+            name=param_name,
+            shape=list(param.shape),
+            dtype=str(param.dtype).removeprefix("torch."),
+            tied_to=[other for other in (ties or {}).get(id(param), ()) if other != own],
+        )
     in_features, out_features = _feature_sizes(module)
     if in_features is not None:
         info.in_features = in_features

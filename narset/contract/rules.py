@@ -29,6 +29,7 @@ __all__ = [
     "protocol_error",
     "raised_flags",
     "region_for_module",
+    "tied_parameter_error",
     "ttl_limit",
 ]
 
@@ -93,6 +94,22 @@ def protected_region_error(
     if region in protected:
         return FieldError("deploy.region", f"region '{region}' is protected and accepts no deploy")
     return None
+
+
+def tied_parameter_error(module: job_pb2.ModuleInfo) -> FieldError | None:
+    """Why a deploy on `module` is refused because a parameter of it is shared with another module, or None.
+
+    A scaffold freezes (host_mode frozen), folds into and re-parents its host's parameters; on a shared
+    tensor (a head tied to the input embedding) that would freeze or rewrite the other module too.
+    """
+    tied = [f"{p.name} (also {', '.join(p.tied_to)})" for p in module.parameters if p.tied_to]
+    if not tied:
+        return None
+    return FieldError(
+        "deploy.module",
+        f"module '{module.name}' shares parameter(s) with other modules: {'; '.join(tied)}; "
+        f"a scaffold here would also change them",
+    )
 
 
 def raised_flags(gates: telemetry_pb2.GateTelemetry) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ STATUS_OF_REASON = {
     reasons.INVALID_FIELD: grpc.StatusCode.INVALID_ARGUMENT,
     reasons.MALFORMED_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     reasons.BLUEPRINT_DOES_NOT_FIT: grpc.StatusCode.INVALID_ARGUMENT,
+    reasons.PARAMETER_TIED: grpc.StatusCode.INVALID_ARGUMENT,
     reasons.JOB_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     reasons.MODULE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     reasons.BLUEPRINT_NOT_FOUND: grpc.StatusCode.NOT_FOUND,

@@ -20,6 +20,7 @@ from narset.contract.rules import (
     persist_error,
     protected_region_error,
     region_for_module,
+    tied_parameter_error,
 )
 from narset.contract.scaffold_policy import effective_policy, policy_errors
 from narset.contract.stages import LIVE_STAGES, stage_name
@@ -151,6 +152,9 @@ class CommandLedger:
             raise Refusal(
                 reasons.BLUEPRINT_NOT_FOUND, "deploy.blueprint", f"no blueprint '{deploy.blueprint}' (known: {known})"
             )
+        tied = tied_parameter_error(module)
+        if tied is not None:
+            raise Refusal(reasons.PARAMETER_TIED, tied.field, tied.reason)
         fit = blueprint_fit_errors(blueprint, module, dict(deploy.blueprint_params))
         if fit:
             raise Refusal.of(reasons.BLUEPRINT_DOES_NOT_FIT, fit)

@@ -41,7 +41,12 @@ from typing import Literal
 
 import structlog
 
-from narset.contract.rules import blueprint_fit_errors, protected_region_error, region_for_module
+from narset.contract.rules import (
+    blueprint_fit_errors,
+    protected_region_error,
+    region_for_module,
+    tied_parameter_error,
+)
 from narset.contract.scaffold_policy import effective_policy
 from narset.contract.stages import LIVE_STAGES, OCCUPYING_STAGES
 from narset.control.decision_log import record_decision
@@ -270,6 +275,7 @@ class TacticalPolicy:
                 or region in embargoed
                 or module.name in occupied
                 or sum(s.region == region for s in live) >= policy.max_scaffolds_per_region
+                or tied_parameter_error(module)
                 or blueprint_fit_errors(blueprint, module, params)
             ):
                 continue

@@ -71,14 +71,16 @@ EVENT_KIND_POLICY_CHANGED: EventKind
 EVENT_KIND_SAFETY_EVENT: EventKind
 
 class ParameterInfo(_message.Message):
-    __slots__ = ("name", "shape", "dtype")
+    __slots__ = ("name", "shape", "dtype", "tied_to")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    TIED_TO_FIELD_NUMBER: _ClassVar[int]
     name: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: str
-    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
+    tied_to: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., tied_to: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModuleInfo(_message.Message):
     __slots__ = ("name", "type", "parameters", "in_features", "out_features", "traits")

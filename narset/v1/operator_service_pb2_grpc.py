@@ -51,6 +51,8 @@ class OperatorServiceStub:
     - MALFORMED_REQUEST (INVALID_ARGUMENT): the request bytes do not decode as the method's request message.
     - BLUEPRINT_DOES_NOT_FIT (INVALID_ARGUMENT): the blueprint cannot be built on the module with these
     parameters (host type, traits, feature sizes, parameter ranges).
+    - PARAMETER_TIED (INVALID_ARGUMENT): the module shares a parameter with another module (ParameterInfo.tied_to,
+    e.g. a head tied to the input embedding); a scaffold there would freeze or rewrite the other module's too.
     - JOB_NOT_FOUND (NOT_FOUND): no such job has attached.
     - MODULE_NOT_FOUND (NOT_FOUND): the job has no such module.
     - BLUEPRINT_NOT_FOUND (NOT_FOUND): no such blueprint in the catalogue.
@@ -182,6 +184,8 @@ class OperatorServiceServicer:
     - MALFORMED_REQUEST (INVALID_ARGUMENT): the request bytes do not decode as the method's request message.
     - BLUEPRINT_DOES_NOT_FIT (INVALID_ARGUMENT): the blueprint cannot be built on the module with these
     parameters (host type, traits, feature sizes, parameter ranges).
+    - PARAMETER_TIED (INVALID_ARGUMENT): the module shares a parameter with another module (ParameterInfo.tied_to,
+    e.g. a head tied to the input embedding); a scaffold there would freeze or rewrite the other module's too.
     - JOB_NOT_FOUND (NOT_FOUND): no such job has attached.
     - MODULE_NOT_FOUND (NOT_FOUND): the job has no such module.
     - BLUEPRINT_NOT_FOUND (NOT_FOUND): no such blueprint in the catalogue.
@@ -397,6 +401,8 @@ class OperatorService:
     - MALFORMED_REQUEST (INVALID_ARGUMENT): the request bytes do not decode as the method's request message.
     - BLUEPRINT_DOES_NOT_FIT (INVALID_ARGUMENT): the blueprint cannot be built on the module with these
     parameters (host type, traits, feature sizes, parameter ranges).
+    - PARAMETER_TIED (INVALID_ARGUMENT): the module shares a parameter with another module (ParameterInfo.tied_to,
+    e.g. a head tied to the input embedding); a scaffold there would freeze or rewrite the other module's too.
     - JOB_NOT_FOUND (NOT_FOUND): no such job has attached.
     - MODULE_NOT_FOUND (NOT_FOUND): the job has no such module.
     - BLUEPRINT_NOT_FOUND (NOT_FOUND): no such blueprint in the catalogue.
