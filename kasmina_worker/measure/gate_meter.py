@@ -17,7 +17,7 @@ unset, which Narset judges a failure. Definitions, per live scaffold (docs/kasmi
 * G4 `jitter_p95`: p95 (linear interpolation) of `|L_t − L_{t−1}| / (|L_{t−1}| + 1e-6)` over the
   step losses in the ring since the deploy; `drift = |mean(last K) − mean(K before)|`, K = window/2,
   once 2K losses exist; `diversity = 1 − mean |corr(f_i, f_j)|`, i ≠ j, over the site's output
-  features (a constant feature counts as fully correlated).
+  features, a Conv2d site's channels (a constant feature counts as fully correlated).
 * G5 `step_time_ratio`: mean step time of this interval / that of the last interval before the
   deploy (kept per scaffold); `memory_fraction`: RSS / RAM (CPU) or allocated / total (CUDA).
 """
@@ -52,8 +52,6 @@ from kasmina_worker.seeds.surgery import replace_module
 from narset.v1 import job_pb2, telemetry_pb2, worker_service_pb2
 
 __all__ = ["BoundaryMeasures", "GateConfig", "GateMeter", "eval_mode", "simulated_exit"]
-
-DELTA_FOLDS = (job_pb2.FOLD_KIND_LORA, job_pb2.FOLD_KIND_LINEAR)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -115,7 +113,7 @@ def simulated_exit(live: LiveScaffold) -> nn.Module:
     kind = live.plan.spec.fold_kind
     if live.exit == EXIT_PRUNE or not live.plan.policy.fold.foldable:
         return host
-    if kind in DELTA_FOLDS:
+    if live.plan.spec.delta_fold:
         clone = _private_copy(host)
         fold_delta(live.plan.module_name, clone, seed, live.module.alpha)
         return clone
@@ -126,6 +124,11 @@ def simulated_exit(live: LiveScaffold) -> nn.Module:
         fold_router(live.plan.module_name, clone, seed)
         return clone
     return host
+
+
+def _channels_last(outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A Conv2d site's outputs [N, C, H, W] with the channels last: its features are its channels, not its columns."""
+    return [o.movedim(1, -1) for o in outputs]
 
 
 @contextmanager
@@ -263,7 +266,8 @@ class GateMeter:
         put(telemetry, "jitter_p95", jitter_p95(losses))
         put(telemetry, "drift", drift(losses, self.ring.window // 2))
         bounds = (self.config.diversity_max_features, self.config.diversity_max_samples)
-        put(telemetry, "diversity", diversity_index(site.outputs, *bounds))
+        features = _channels_last if isinstance(live.module.host, nn.Conv2d) else list
+        put(telemetry, "diversity", diversity_index(features(site.outputs), *bounds))
 
     def _exit_gates(
         self, telemetry: telemetry_pb2.GateTelemetry, live: LiveScaffold, site: _Site, probe: float | None

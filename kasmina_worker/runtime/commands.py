@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kasmina_worker.measure.gate_formulas import relative_change
+from kasmina_worker.measure.gate_meter import eval_mode
 from kasmina_worker.runtime.lifecycle import (
     EXIT_FOLD,
     EXIT_PRUNE,
@@ -25,7 +26,7 @@ from kasmina_worker.runtime.lifecycle import (
 )
 from kasmina_worker.seeds.blueprints import get_blueprint
 from kasmina_worker.seeds.fold import FoldError
-from kasmina_worker.seeds.hosts import linear_layout, module_info, parameter_ties
+from kasmina_worker.seeds.hosts import has_delta_layout, module_info, parameter_ties
 from kasmina_worker.seeds.scaffold import Scaffold
 from narset.contract.rules import (
     DEFAULT_EXTRA_CKPTS,
@@ -143,8 +144,10 @@ class CommandApplier:
         if errors:
             raise Rejected(errors[0].field, errors[0].reason)
         params = blueprint_param_values(spec.proto, given)
-        if spec.fold_kind in (job_pb2.FOLD_KIND_LINEAR, job_pb2.FOLD_KIND_LORA) and linear_layout(host) is None:
-            raise Rejected("deploy.blueprint", f"blueprint '{deploy.blueprint}' needs a linear layout on '{name}'")
+        if spec.delta_fold and not has_delta_layout(host):
+            raise Rejected(
+                "deploy.blueprint", f"blueprint '{deploy.blueprint}' needs a linear or Conv2d host at '{name}'"
+            )
         policy = effective_policy(spec.proto, deploy.policy)
         errors = policy_errors(policy, prefix="deploy.policy")
         if errors:
@@ -243,15 +246,17 @@ class CommandApplier:
 
     def _exit_now(self, live: LiveScaffold, kind: str, boundary: int) -> None:
         if kind == EXIT_FOLD:
-            inputs = self.site_inputs(live.plan.module_name)
-            with torch.no_grad():
+            # Measured in eval mode, as the gates are: a fold writes the eval-mode function (a BatchNorm
+            # branch's running statistics), and a train-mode pass would move those statistics first.
+            with eval_mode(self.runtime.root), torch.no_grad():
+                inputs = self.site_inputs(live.plan.module_name)
                 before = [live.module(x) for x in inputs]
             try:
                 self.runtime.fold(live, boundary)
             except FoldError as error:
                 raise Rejected("fold.scaffold", str(error)) from None
             if inputs:
-                with torch.no_grad():
+                with eval_mode(self.runtime.root), torch.no_grad():
                     after = [live.module.host(x) for x in inputs]
                 self.fold_parity[live.scaffold_id] = relative_change(before, after)
             stage = telemetry_pb2.SCAFFOLD_STAGE_FUSED

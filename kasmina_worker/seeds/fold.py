@@ -1,8 +1,9 @@
 """Folds: write a scaffold's function into its host, keeping the exact pre-fold host tensors.
 
-* Delta fold (lora, dense_delta): `W += alpha · ΔW` (and `b += alpha · Δb`), computed in fp32
-  from the seed's delta-weight function, checked finite, then cast once into the host's dtype.
-  `alpha` is the value the forward used (the buffer cast to the host dtype). Conv1D hosts get ΔWᵀ.
+* Delta fold (lora, dense_delta, expand, conv_branch): `W += alpha · ΔW` (and `b += alpha · Δb`),
+  computed in fp32 from the seed's delta-weight function, checked finite, then cast once into the
+  host's dtype. `alpha` is the value the forward used (the buffer cast to the host dtype). Conv1D
+  hosts get ΔWᵀ; a Conv2d host's ΔW is a kernel of its own shape [out, in / groups, kh, kw].
 * Router fold (moe_expert): the router grows by the seed's row and the expert list by the seed's
   expert; the host then computes what the seed computed. Exact at alpha 1.
 * Rollback restores the saved tensors bit for bit (never by subtracting).
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from kasmina_worker.seeds.hosts import linear_layout
+from kasmina_worker.seeds.hosts import has_delta_layout, linear_layout
 
 __all__ = ["FoldError", "FoldRecord", "ParamSwap", "fold_delta", "fold_router", "unfold_delta", "unfold_router"]
 
@@ -53,14 +54,18 @@ def _forward_alpha(alpha: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def fold_delta(module_name: str, host: nn.Module, seed: nn.Module, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Fold a delta seed into a linear host; returns the pre-fold host tensors."""
-    layout = linear_layout(host)
-    if layout is None:
-        raise FoldError(f"host '{module_name}' ({type(host).__name__}) is not a linear layer")
+    """Fold a delta seed into a linear or Conv2d host; returns the pre-fold host tensors."""
+    if not has_delta_layout(host):
+        raise FoldError(f"host '{module_name}' ({type(host).__name__}) is neither a linear layer nor a Conv2d")
     a = _forward_alpha(alpha, host.weight.dtype)
     delta_w = seed.delta_weight()
-    if layout.transposed:
+    layout = linear_layout(host)
+    if layout is not None and layout.transposed:
         delta_w = delta_w.t()
+    if delta_w.shape != host.weight.shape:
+        raise FoldError(
+            f"the seed's delta {list(delta_w.shape)} does not match '{module_name}' {list(host.weight.shape)}"
+        )
     new_weight = host.weight.detach().float() + a * delta_w
     _check_finite(module_name, new_weight)
     delta_b = seed.delta_bias()

@@ -2,6 +2,9 @@
 
 * Linear layouts: `nn.Linear` stores `weight` as [out, in]; Hugging Face GPT-2's `Conv1D` stores it
   transposed, [in, out], and computes `x @ weight + bias`. `linear_layout` detects which, per layer.
+* Conv2d hosts: `conv_geometry` reads an `nn.Conv2d`'s channels, kernel, stride, padding, dilation,
+  groups and padding mode; the contract carries them as `ModuleInfo.conv` and the conv seeds are
+  built from that description, so what Narset checked is what the worker builds.
 * Mixture of experts: a module is an MoE host when it has `router` (an `nn.Linear` from the model
   width to one logit per expert), `experts` (an `nn.ModuleList`), an integer `top_k` and a method
   `make_expert(hidden: int | None) -> nn.Module`, and its forward equals `moe_combine` over the
@@ -21,9 +24,12 @@ from narset.v1 import job_pb2
 
 __all__ = [
     "Conv1D",
+    "ConvGeometry",
     "ExpertMLP",
     "LinearLayout",
     "TopKMoE",
+    "conv_geometry",
+    "has_delta_layout",
     "is_moe",
     "linear_layout",
     "module_info",
@@ -72,6 +78,78 @@ def linear_layout(module: nn.Module) -> LinearLayout | None:
     ):
         return LinearLayout(int(weight.shape[0]), int(weight.shape[1]), transposed=True)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class ConvGeometry:
+    """How a Conv2d host maps its input: every pair is (height, width); padding is applied on both sides."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    padding_mode: str
+
+    @classmethod
+    def from_info(cls, conv: job_pb2.ConvInfo) -> ConvGeometry:
+        """The geometry the contract describes (checked by `narset.contract.rules` first)."""
+        return cls(
+            in_channels=int(conv.in_channels),
+            out_channels=int(conv.out_channels),
+            kernel_size=_pair(conv.kernel_size),
+            stride=_pair(conv.stride),
+            padding=_pair(conv.padding),
+            dilation=_pair(conv.dilation),
+            groups=int(conv.groups),
+            padding_mode=conv.padding_mode,
+        )
+
+    def to_info(self) -> job_pb2.ConvInfo:
+        return job_pb2.ConvInfo(
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding_mode=self.padding_mode,
+        )
+
+
+def _pair(values) -> tuple[int, int]:
+    height, width = (int(v) for v in values)
+    return height, width
+
+
+def conv_geometry(module: nn.Module) -> ConvGeometry | None:
+    """The geometry of an `nn.Conv2d`; None for any other module, or for a padding that differs between the
+    two sides of an axis (`padding="same"` with an even effective kernel), which no seed reproduces."""
+    if not isinstance(module, nn.Conv2d):
+        return None
+    # Conv2d keeps the padding it applies, string paddings ("same", "valid") resolved, as
+    # [left, right, top, bottom]; symmetric padding is the only kind the contract describes.
+    left, right, top, bottom = module._reversed_padding_repeated_twice
+    if left != right or top != bottom:
+        return None
+    return ConvGeometry(
+        in_channels=module.in_channels,
+        out_channels=module.out_channels,
+        kernel_size=_pair(module.kernel_size),
+        stride=_pair(module.stride),
+        padding=(top, left),
+        dilation=_pair(module.dilation),
+        groups=module.groups,
+        padding_mode=module.padding_mode,
+    )
+
+
+def has_delta_layout(module: nn.Module) -> bool:
+    """True when a delta fold can write into `module`: a linear layer or a Conv2d with a known geometry."""
+    return linear_layout(module) is not None or conv_geometry(module) is not None
 
 
 def moe_combine(logits: torch.Tensor, expert_outputs: list[torch.Tensor], top_k: int) -> torch.Tensor:
@@ -176,4 +254,7 @@ def module_info(name: str, module: nn.Module, ties: Mapping[int, Sequence[str]] 
         info.out_features = out_features
     if is_moe(module):
         info.traits.append(MOE_TRAIT)
+    geometry = conv_geometry(module)
+    if geometry is not None:
+        info.conv.CopyFrom(geometry.to_info())
     return info

@@ -32,14 +32,62 @@ _DELTA_POLICY = command_pb2.ScaffoldPolicy(
 BUILTIN_BLUEPRINTS: tuple[job_pb2.Blueprint, ...] = (
     job_pb2.Blueprint(
         name="lora",
-        description="Low-rank delta B·A·x·scaling on a linear layer; folds exactly at any alpha.",
-        host_types=["Linear", "Conv1D"],
+        description=(
+            "Low-rank delta B·A·x·scaling on a linear layer or a Conv2d (A the host's k×k conv to r channels, "
+            "B a 1×1 conv); folds exactly at any alpha."
+        ),
+        host_types=["Linear", "Conv1D", "Conv2d"],
         size_class=job_pb2.SIZE_CLASS_MICRO,
         folds=[job_pb2.FOLD_KIND_LORA],
         default_policy=_DELTA_POLICY,
         params=[
-            _param("rank", 8, 1, 4096, True, "rank r of A [r, in] and B [out, r]"),
+            _param(
+                "rank",
+                8,
+                1,
+                4096,
+                True,
+                "rank r of A [r, in] and B [out, r]; above min(in, out) it over-parameterises; "
+                "on a Conv2d a multiple of its groups",
+            ),
             _param("scaling", 1.0, 1e-6, 1e6, False, "multiplier of B·A"),
+        ],
+    ),
+    job_pb2.Blueprint(
+        name="expand",
+        description=(
+            "ExpandNets over-parameterisation: U·V·x with inner width >= max(in, out) on a linear layer, "
+            "1×1·k×k·1×1 convs on a Conv2d; contracted exactly into the host at any alpha."
+        ),
+        host_types=["Linear", "Conv1D", "Conv2d"],
+        size_class=job_pb2.SIZE_CLASS_MESO,
+        folds=[job_pb2.FOLD_KIND_REPARAM],
+        default_policy=_DELTA_POLICY,
+        params=[
+            _param(
+                "width_factor",
+                2,
+                1,
+                16,
+                True,
+                "r: inner width r·max(in, out) on a linear layer; r·in and r·out channels on a Conv2d",
+            )
+        ],
+    ),
+    job_pb2.Blueprint(
+        name="conv_branch",
+        description=(
+            "RepVGG/ACNet branches beside a k×k Conv2d (odd k): a 1×1 conv and/or the identity at the kernel's "
+            "centre, each with its own BatchNorm; folds exactly into the eval-mode function at any alpha."
+        ),
+        host_types=["Conv2d"],
+        size_class=job_pb2.SIZE_CLASS_MICRO,
+        folds=[job_pb2.FOLD_KIND_REPARAM],
+        default_policy=_DELTA_POLICY,
+        params=[
+            _param("branch_1x1", 1, 0, 1, True, "1: a 1×1 conv branch"),
+            _param("identity", 0, 0, 1, True, "1: an identity branch (in_channels == out_channels)"),
+            _param("bn", 1, 0, 1, True, "1: a BatchNorm on each branch (its shift needs the host's bias)"),
         ],
     ),
     job_pb2.Blueprint(

@@ -16,9 +16,11 @@ from narset.v1 import job_pb2, telemetry_pb2
 
 __all__ = [
     "ANY_HOST_TYPE",
+    "CONV_HOST_TYPES",
     "DEFAULT_EXTRA_CKPTS",
     "FOLD_DEPTH",
     "MAX_EXTENSIONS",
+    "PADDING_MODES",
     "PROTOCOL_VERSION",
     "SAFETY_FLAGS",
     "TTL_LIMIT_FACTOR",
@@ -46,6 +48,10 @@ FOLD_DEPTH = 2
 SAFETY_FLAGS = ("non_finite", "loss_spike", "isolation_leak")
 # A blueprint whose `host_types` holds this attaches to any module type.
 ANY_HOST_TYPE = "*"
+# Host types a blueprint is built on by their conv geometry (`ModuleInfo.conv`), not by feature sizes.
+CONV_HOST_TYPES = ("Conv2d",)
+# The padding modes of torch's Conv2d; the conv seeds pad as their host does.
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def protocol_error(version: int) -> FieldError | None:
@@ -161,7 +167,9 @@ def _host_errors(blueprint: job_pb2.Blueprint, module: job_pb2.ModuleInfo) -> li
                 f"module '{module.name}' ({module.type}) has {', '.join(module.traits) or 'none'}",
             )
         )
-    if not module.HasField("in_features") or not module.HasField("out_features"):
+    if _on_conv(blueprint, module):
+        errors.extend(_conv_geometry_errors(blueprint, module))
+    elif not module.HasField("in_features") or not module.HasField("out_features"):
         errors.append(
             FieldError(
                 "deploy.module",
@@ -172,20 +180,92 @@ def _host_errors(blueprint: job_pb2.Blueprint, module: job_pb2.ModuleInfo) -> li
     return errors
 
 
+def _on_conv(blueprint: job_pb2.Blueprint, module: job_pb2.ModuleInfo) -> bool:
+    """True when `blueprint` is built on `module` as a conv host (by its geometry, not its feature sizes)."""
+    return module.type in CONV_HOST_TYPES and module.type in blueprint.host_types
+
+
+def _conv_geometry_errors(blueprint: job_pb2.Blueprint, module: job_pb2.ModuleInfo) -> list[FieldError]:
+    """Why the module's conv description cannot carry a conv seed: missing, or not a Conv2d's geometry."""
+    if not module.HasField("conv"):
+        return [
+            FieldError(
+                "deploy.module",
+                f"module '{module.name}' ({module.type}) has no conv geometry (channels, kernel, stride, padding, "
+                f"dilation, groups; a padding that differs between the sides of an axis has none), "
+                f"which blueprint '{blueprint.name}' needs",
+            )
+        ]
+    conv = module.conv
+    lowest = {"kernel_size": 1, "stride": 1, "padding": 0, "dilation": 1}
+    problems = [
+        f"{name} must be 2 values >= {low}"
+        for name, low in lowest.items()
+        if len(getattr(conv, name)) != 2 or min(getattr(conv, name)) < low
+    ]
+    if min(conv.in_channels, conv.out_channels, conv.groups) < 1:
+        problems.append("in_channels, out_channels and groups must be >= 1")
+    elif conv.in_channels % conv.groups or conv.out_channels % conv.groups:
+        problems.append(f"{conv.in_channels} in and {conv.out_channels} out channels must be multiples of groups")
+    if conv.padding_mode not in PADDING_MODES:
+        problems.append(f"padding_mode must be one of {', '.join(PADDING_MODES)}")
+    if problems:
+        reason = f"module '{module.name}' has an invalid conv geometry: {'; '.join(problems)}"
+        return [FieldError("deploy.module", reason)]
+    return []
+
+
+def _conv_branch_errors(module: job_pb2.ModuleInfo, values: Mapping[str, float]) -> list[FieldError]:
+    """Where conv_branch's branches could not fold exactly into the host, or have nothing to fold into."""
+    if not values["branch_1x1"] and not values["identity"]:
+        return [FieldError("deploy.blueprint_params.branch_1x1", "conv_branch needs a branch: branch_1x1 or identity")]
+    conv, errors = module.conv, []
+    kernel_h, kernel_w = conv.kernel_size
+    if kernel_h % 2 == 0 or kernel_w % 2 == 0:
+        errors.append(
+            FieldError(
+                "deploy.module",
+                f"module '{module.name}' has a {kernel_h}x{kernel_w} kernel; conv_branch's branches sit at the "
+                f"kernel's centre tap, which only an odd kernel has, so they could not fold exactly",
+            )
+        )
+    if values["identity"] and conv.in_channels != conv.out_channels:
+        errors.append(
+            FieldError(
+                "deploy.blueprint_params.identity",
+                f"an identity branch needs as many output as input channels; module '{module.name}' maps "
+                f"{conv.in_channels} to {conv.out_channels}",
+            )
+        )
+    if values["bn"] and "bias" not in {p.name for p in module.parameters}:
+        errors.append(
+            FieldError(
+                "deploy.blueprint_params.bn",
+                f"module '{module.name}' has no bias to take the shift of the branches' BatchNorm; deploy with bn=0",
+            )
+        )
+    return errors
+
+
 def _blueprint_specific_errors(
     blueprint: job_pb2.Blueprint, module: job_pb2.ModuleInfo, values: Mapping[str, float]
 ) -> list[FieldError]:
-    """The checks one built-in blueprint adds to the generic ones, on parameters that passed those."""
-    if blueprint.name == "lora":
-        limit = min(module.in_features, module.out_features)
-        if values["rank"] > limit:
-            return [
-                FieldError(
-                    "deploy.blueprint_params.rank",
-                    f"rank {int(values['rank'])} exceeds min(in_features, out_features) = {limit} "
-                    f"of module '{module.name}'",
-                )
-            ]
+    """The checks one built-in blueprint adds to the generic ones, on parameters that passed those.
+
+    A LoRA's rank is bounded by its parameter's range alone: a rank above min(in, out) is the wide
+    over-parameterisation of ExpandNets (Guo et al., 2020) and Arora et al. (2018), still folded exactly.
+    """
+    on_conv = _on_conv(blueprint, module)
+    if blueprint.name == "lora" and on_conv and values["rank"] % module.conv.groups:
+        return [
+            FieldError(
+                "deploy.blueprint_params.rank",
+                f"rank {int(values['rank'])} is not a multiple of the {module.conv.groups} groups of module "
+                f"'{module.name}' (A and B are grouped as the host)",
+            )
+        ]
+    if blueprint.name == "conv_branch" and on_conv:
+        return _conv_branch_errors(module, values)
     if blueprint.name == "dense_delta" and values.get("bias") and "bias" not in {p.name for p in module.parameters}:
         return [
             FieldError("deploy.blueprint_params.bias", f"module '{module.name}' has no bias to fold a bias delta into")

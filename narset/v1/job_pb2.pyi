@@ -32,6 +32,7 @@ class FoldKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FOLD_KIND_LORA: _ClassVar[FoldKind]
     FOLD_KIND_ROUTER: _ClassVar[FoldKind]
     FOLD_KIND_TRANSFER: _ClassVar[FoldKind]
+    FOLD_KIND_REPARAM: _ClassVar[FoldKind]
 
 class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,6 +59,7 @@ FOLD_KIND_LINEAR: FoldKind
 FOLD_KIND_LORA: FoldKind
 FOLD_KIND_ROUTER: FoldKind
 FOLD_KIND_TRANSFER: FoldKind
+FOLD_KIND_REPARAM: FoldKind
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_JOB_ATTACHED: EventKind
 EVENT_KIND_JOB_DETACHED: EventKind
@@ -83,20 +85,42 @@ class ParameterInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., tied_to: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModuleInfo(_message.Message):
-    __slots__ = ("name", "type", "parameters", "in_features", "out_features", "traits")
+    __slots__ = ("name", "type", "parameters", "in_features", "out_features", "traits", "conv")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     IN_FEATURES_FIELD_NUMBER: _ClassVar[int]
     OUT_FEATURES_FIELD_NUMBER: _ClassVar[int]
     TRAITS_FIELD_NUMBER: _ClassVar[int]
+    CONV_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     parameters: _containers.RepeatedCompositeFieldContainer[ParameterInfo]
     in_features: int
     out_features: int
     traits: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., in_features: _Optional[int] = ..., out_features: _Optional[int] = ..., traits: _Optional[_Iterable[str]] = ...) -> None: ...
+    conv: ConvInfo
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[ParameterInfo, _Mapping]]] = ..., in_features: _Optional[int] = ..., out_features: _Optional[int] = ..., traits: _Optional[_Iterable[str]] = ..., conv: _Optional[_Union[ConvInfo, _Mapping]] = ...) -> None: ...
+
+class ConvInfo(_message.Message):
+    __slots__ = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
+    IN_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    OUT_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    PADDING_FIELD_NUMBER: _ClassVar[int]
+    DILATION_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    PADDING_MODE_FIELD_NUMBER: _ClassVar[int]
+    in_channels: int
+    out_channels: int
+    kernel_size: _containers.RepeatedScalarFieldContainer[int]
+    stride: _containers.RepeatedScalarFieldContainer[int]
+    padding: _containers.RepeatedScalarFieldContainer[int]
+    dilation: _containers.RepeatedScalarFieldContainer[int]
+    groups: int
+    padding_mode: str
+    def __init__(self, in_channels: _Optional[int] = ..., out_channels: _Optional[int] = ..., kernel_size: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ..., padding: _Optional[_Iterable[int]] = ..., dilation: _Optional[_Iterable[int]] = ..., groups: _Optional[int] = ..., padding_mode: _Optional[str] = ...) -> None: ...
 
 class Region(_message.Message):
     __slots__ = ("name", "patterns", "protected")

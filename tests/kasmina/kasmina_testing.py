@@ -83,6 +83,23 @@ class MoEModel(nn.Module):
         return self.head(self.moe(torch.tanh(self.proj(x))))
 
 
+IMAGE = (8, 3, 10, 10)  # a batch of 8 three-channel 10×10 images for ConvNet
+
+
+class ConvNet(nn.Module):
+    """A 3×3 stem, the Conv2d host `conv` (geometry as given) and a pooled linear head to 6 outputs."""
+
+    def __init__(self, channels: int = 8, out_channels: int | None = None, kernel_size=3, **conv) -> None:
+        super().__init__()
+        out_channels = out_channels or channels
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, out_channels, kernel_size, **conv)
+        self.head = nn.Linear(out_channels, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.gelu(self.conv(F.gelu(self.stem(x)))).mean(dim=(2, 3)))
+
+
 def deploy(module: str, blueprint: str, command_id: str = "", **fields) -> command_pb2.AdaptationCommand:
     """A deploy command; `fields` go to the DeployAction (policy, blueprint_params, ...)."""
     return command_pb2.AdaptationCommand(
@@ -119,12 +136,14 @@ def train(
     d_in: int = 12,
     d_out: int = 6,
     seq: int | None = None,
+    shape: tuple[int, ...] | None = None,
 ) -> list[float]:
-    """Real training steps through `worker.model`; returns the losses."""
+    """Real training steps through `worker.model` on inputs of `shape` (default [8, seq, d_in] or [8, d_in]);
+    returns the losses."""
     losses = []
     dtype = next(worker.model.parameters()).dtype
+    shape = shape or ((8, seq, d_in) if seq else (8, d_in))
     for step in range(start, start + steps):
-        shape = (8, seq, d_in) if seq else (8, d_in)
         x, y = (t.to(dtype) for t in batch(step, shape, d_out))
         loss = worker.step_loss(F.mse_loss(worker.model(x), y))
         optimizer.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@ from narset.contract.catalogue import BUILTIN_BLUEPRINTS
 from narset.contract.scaffold_policy import effective_policy
 from narset.v1 import command_pb2
 
-DELTA = [("lora", {"rank": 3}), ("dense_delta", {})]
+DELTA = [("lora", {"rank": 3}), ("expand", {"width_factor": 1}), ("dense_delta", {})]
 GRAD_RTOL, GRAD_ATOL = 1e-5, 1e-7  # fp32: the folded weight rounds W + alpha·ΔW once, the blend does not
 
 
@@ -72,7 +72,7 @@ def _folded_copy(model: nn.Module, blueprint: str, scaffold, alpha: float) -> ML
     plain.load_state_dict({n: p.detach() for n, p in _host_params(model).items()})
     seed = scaffold.seed
     with torch.no_grad():
-        if blueprint == "lora":
+        if blueprint in ("lora", "expand"):  # expand on a Linear is the product U·V, held as a LoRA's B·A
             plain.fc2.weight += alpha * seed.scaling * (seed.b @ seed.a)
         else:
             plain.fc2.weight += alpha * seed.d

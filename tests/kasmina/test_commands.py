@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kasmina_testing import MLP, MoEModel, deploy, on, result_ok, schedule
+from kasmina_testing import MLP, ConvNet, MoEModel, deploy, on, result_ok, schedule
 
 from kasmina_worker import KasminaWorker
 from kasmina_worker.seeds.blueprints import get_blueprint
@@ -30,9 +30,9 @@ BAD = [
     (deploy("fc9", "lora"), "deploy.module", "unknown module 'fc9'"),
     (deploy("", "lora"), "deploy.module", "must name a module"),
     (deploy("fc1", "nope"), "deploy.blueprint", "unknown blueprint 'nope'"),
-    (deploy("act", "lora"), "deploy.blueprint", "attaches to Linear/Conv1D, but module 'act' is a GELU"),
+    (deploy("act", "lora"), "deploy.blueprint", "attaches to Linear/Conv1D/Conv2d, but module 'act' is a GELU"),
     (deploy("fc1", "moe_expert"), "deploy.blueprint", "needs a module with trait(s) moe"),
-    (deploy("fc1", "lora", blueprint_params={"rank": 50}), "deploy.blueprint_params.rank", "exceeds"),
+    (deploy("fc1", "lora", blueprint_params={"rank": 4097}), "deploy.blueprint_params.rank", "must be in [1, 4096]"),
     (deploy("fc1", "lora", blueprint_params={"rank": 2.5}), "deploy.blueprint_params.rank", "must be an integer"),
     (deploy("fc1", "lora", blueprint_params={"alpha": 2}), "deploy.blueprint_params.alpha", "has no parameter"),
     (
@@ -84,6 +84,58 @@ def test_dense_delta_bias_on_a_host_without_bias_is_refused_by_the_contract_rule
         == str(expected[0])
         == "deploy.blueprint_params.bias: module '0' has no bias to fold a bias delta into"
     )
+
+
+class ConvHosts(torch.nn.Module):
+    """Conv2d hosts of every kind the conv rules tell apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grouped = torch.nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.even = torch.nn.Conv2d(8, 8, 2)
+        self.widening = torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.no_bias = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.same_even = torch.nn.Conv2d(8, 8, 4, padding="same")  # pads 1 before and 2 after: no geometry
+
+
+CONV_BAD = [
+    ("grouped", "lora", {"rank": 6}, "deploy.blueprint_params.rank", "is not a multiple of the 4 groups"),
+    ("even", "conv_branch", {}, "deploy.module", "has a 2x2 kernel; conv_branch's branches sit at the kernel's centre"),
+    ("widening", "conv_branch", {"identity": 1}, "deploy.blueprint_params.identity", "maps 8 to 16"),
+    ("no_bias", "conv_branch", {}, "deploy.blueprint_params.bn", "has no bias to take the shift"),
+    ("grouped", "conv_branch", {"branch_1x1": 0}, "deploy.blueprint_params.branch_1x1", "needs a branch"),
+    ("same_even", "lora", {}, "deploy.module", "has no conv geometry"),
+    ("grouped", "dense_delta", {}, "deploy.blueprint", "attaches to Linear, but module 'grouped' is a Conv2d"),
+    ("grouped", "residual_mlp", {}, "deploy.module", "has no known input/output feature sizes"),
+]
+
+
+@pytest.mark.parametrize("module,blueprint,params,field,reason", CONV_BAD, ids=[f"{c[0]}-{c[1]}" for c in CONV_BAD])
+def test_conv_deploy_refusals_are_the_contract_rules(module, blueprint, params, field, reason):
+    """A conv deploy that cannot be built or folded exactly is REJECTED with the message of the rule Narset applies
+    (`blueprint_fit_errors` on the worker's own ModuleInfo), naming the field; the model is unchanged."""
+    model, optimizer, worker = _worker(ConvHosts())
+    tree, tensors = _snapshot(model)
+    worker.submit(deploy(module, blueprint, blueprint_params=params))
+    (result,) = worker.checkpoint(step=1).results
+    assert result.outcome == telemetry_pb2.COMMAND_OUTCOME_REJECTED
+    info = module_info(module, model.get_submodule(module))
+    expected = rules.blueprint_fit_errors(get_blueprint(blueprint).proto, info, params)
+    assert result.message == str(expected[0])
+    assert result.message.startswith(f"{field}: ") and reason in result.message, result.message
+    assert _snapshot(model)[0] == tree
+    assert all(torch.equal(v, tensors[k]) for k, v in model.state_dict().items())
+
+
+def test_conv_blueprints_fit_a_grouped_strided_dilated_conv():
+    """lora (rank a multiple of the groups), expand and conv_branch (identity included) deploy on a grouped,
+    strided, dilated Conv2d; lora's rank may exceed min(in, out) channels."""
+    model, optimizer, worker = _worker(ConvNet(padding=1, stride=2, dilation=2, groups=4))
+    for blueprint, params in [("lora", {"rank": 12}), ("expand", {}), ("conv_branch", {"identity": 1})]:
+        worker.submit(deploy("conv", blueprint, blueprint_params=params))
+        result_ok(worker.checkpoint(step=0))
+        worker.submit(on("prune", module="conv", immediate=True))
+        result_ok(worker.checkpoint(step=0))
 
 
 @pytest.mark.parametrize("command,field,reason", BAD, ids=[f"{i}-{b[1]}" for i, b in enumerate(BAD)])

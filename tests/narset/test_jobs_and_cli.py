@@ -59,11 +59,12 @@ def test_job_describes_regions_and_policy(server, worker_stub, capsys):
 
 
 def test_blueprints_lists_the_builtin_catalogue(server, capsys):
-    """The four built-in blueprints are served with their hosts, size classes and folds."""
+    """The built-in blueprints are served with their hosts, size classes and folds."""
     code, out, _ = run_cli(capsys, "blueprints", "--server", server.address, "--json")
     blueprints = {b["name"]: b for b in json.loads(out)["blueprints"]}
-    assert set(blueprints) == {"lora", "dense_delta", "residual_mlp", "moe_expert"}
-    assert blueprints["lora"]["host_types"] == ["Linear", "Conv1D"]
+    assert set(blueprints) == {"lora", "expand", "conv_branch", "dense_delta", "residual_mlp", "moe_expert"}
+    assert blueprints["lora"]["host_types"] == ["Linear", "Conv1D", "Conv2d"]
+    assert blueprints["conv_branch"]["folds"] == ["FOLD_KIND_REPARAM"]
     assert blueprints["moe_expert"]["folds"] == ["FOLD_KIND_ROUTER"]
     assert blueprints["residual_mlp"]["default_policy"]["schedule"]["decay_ckpts"] == 7
 

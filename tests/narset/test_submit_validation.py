@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from narset_testing import assert_refusal, deploy
+from narset_testing import assert_refusal, attach_request, deploy
 
 from narset.cli import main
 from narset.client import NarsetError
 from narset.contract import reasons
+from narset.contract.catalogue import BUILTIN_BLUEPRINTS
+from narset.contract.rules import blueprint_fit_errors
 from narset.store import Store
 from narset.v1 import command_pb2, job_pb2, operator_service_pb2, worker_service_pb2
 
@@ -70,8 +72,8 @@ REFUSALS = {
         reasons.BLUEPRINT_DOES_NOT_FIT,
         "deploy.module",
     ),
-    "lora rank larger than the layer": (
-        deploy("decoder.proj", params={"rank": 16}),
+    "lora rank above the parameter maximum": (
+        deploy("decoder.proj", params={"rank": 4097}),
         grpc.StatusCode.INVALID_ARGUMENT,
         reasons.BLUEPRINT_DOES_NOT_FIT,
         "deploy.blueprint_params.rank",
@@ -190,6 +192,86 @@ def test_refusal_names_field_and_changes_nothing(client, operator_stub, attached
         operator_stub.SubmitCommand(operator_service_pb2.SubmitCommandRequest(command=command))
     assert_refusal(raw.value, code, reason, field)
     assert ledger_snapshot(client) == before
+
+
+def conv(name: str, channels: tuple[int, int], kernel: int = 3, groups: int = 1, bias: bool = True):
+    """A Conv2d (stride 1, padded to its centre) as a worker describes it (kasmina_worker.seeds.hosts.module_info)."""
+    in_channels, out_channels = channels
+    parameters = [job_pb2.ParameterInfo(name="weight", shape=[out_channels, in_channels // groups, kernel, kernel])]
+    if bias:
+        parameters.append(job_pb2.ParameterInfo(name="bias", shape=[out_channels]))
+    geometry = job_pb2.ConvInfo(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        kernel_size=[kernel, kernel],
+        stride=[1, 1],
+        padding=[(kernel - 1) // 2] * 2,
+        dilation=[1, 1],
+        groups=groups,
+        padding_mode="zeros",
+    )
+    return job_pb2.ModuleInfo(name=name, type="Conv2d", parameters=parameters, conv=geometry)
+
+
+CONV_MODULES = [
+    conv("grouped", (8, 8), groups=4),
+    conv("even", (8, 8), kernel=2),
+    conv("widening", (8, 16)),
+    conv("no_bias", (8, 8), bias=False),
+    job_pb2.ModuleInfo(name="same_even", type="Conv2d"),  # padding "same" on a 4x4 kernel: no geometry
+    job_pb2.ModuleInfo(name="broken", type="Conv2d", conv=job_pb2.ConvInfo(in_channels=8, out_channels=8, groups=3)),
+]
+CONV_REFUSALS = {
+    "lora rank not a multiple of the conv groups": ("grouped", "lora", {"rank": 6}, "deploy.blueprint_params.rank"),
+    "conv_branch on an even kernel": ("even", "conv_branch", {}, "deploy.module"),
+    "identity branch that changes the channels": (
+        "widening",
+        "conv_branch",
+        {"identity": 1},
+        "deploy.blueprint_params.identity",
+    ),
+    "branch BatchNorm on a host without bias": ("no_bias", "conv_branch", {}, "deploy.blueprint_params.bn"),
+    "conv_branch without a branch": ("grouped", "conv_branch", {"branch_1x1": 0}, "deploy.blueprint_params.branch_1x1"),
+    "conv host without a geometry": ("same_even", "lora", {}, "deploy.module"),
+    "conv geometry that is not a Conv2d's": ("broken", "expand", {}, "deploy.module"),
+    "dense_delta on a conv": ("grouped", "dense_delta", {}, "deploy.blueprint"),
+}
+
+
+@pytest.fixture
+def conv_job(worker_stub) -> worker_service_pb2.AttachResponse:
+    """Job conv-7 attached with the standard registration plus the Conv2d hosts of CONV_MODULES."""
+    request = attach_request("conv-7")
+    request.modules.extend(CONV_MODULES)
+    return worker_stub.Attach(request)
+
+
+@pytest.mark.parametrize("case", sorted(CONV_REFUSALS))
+def test_conv_refusal_is_the_rule_the_worker_applies(client, conv_job, case):
+    """A conv deploy that cannot be built or folded exactly is refused as BLUEPRINT_DOES_NOT_FIT naming the field,
+    with the message of `blueprint_fit_errors`, the function the worker applies; nothing changes."""
+    module, blueprint, params, field = CONV_REFUSALS[case]
+    before = ledger_snapshot(client, "conv-7")
+    with pytest.raises(NarsetError) as refused:
+        client.submit(deploy(module, blueprint, job="conv-7", params=params))
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (refused.value.reason, refused.value.field) == (reasons.BLUEPRINT_DOES_NOT_FIT, field)
+    [info] = [m for m in CONV_MODULES if m.name == module]
+    [catalogued] = [b for b in BUILTIN_BLUEPRINTS if b.name == blueprint]
+    assert refused.value.details == "; ".join(str(error) for error in blueprint_fit_errors(catalogued, info, params))
+    assert ledger_snapshot(client, "conv-7") == before
+
+
+def test_conv_deploys_that_fold_exactly_are_accepted(client, conv_job):
+    """lora with a rank above the channels (a multiple of the groups), conv_branch with an identity and expand are
+    accepted on the Conv2d hosts they fit."""
+    accepted = [
+        deploy("grouped", job="conv-7", params={"rank": 16}),
+        deploy("no_bias", "conv_branch", job="conv-7", params={"identity": 1, "bn": 0}),
+        deploy("widening", "expand", job="conv-7"),
+    ]
+    for command in accepted:
+        assert client.submit(command).record.state == command_pb2.COMMAND_STATE_PENDING
 
 
 def test_refusal_lists_every_bad_field(operator_stub, attached):

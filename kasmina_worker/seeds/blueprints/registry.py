@@ -21,7 +21,15 @@ from torch import nn
 
 from narset.v1 import job_pb2
 
-__all__ = ["BlueprintSpec", "BuildContext", "Seed", "blueprint_names", "get_blueprint", "register_blueprint"]
+__all__ = [
+    "DELTA_FOLDS",
+    "BlueprintSpec",
+    "BuildContext",
+    "Seed",
+    "blueprint_names",
+    "get_blueprint",
+    "register_blueprint",
+]
 
 
 class Seed(nn.Module):
@@ -30,13 +38,18 @@ class Seed(nn.Module):
     An *additive* seed (`additive = True`: delta and residual seeds) returns a branch added to the
     host's output, `y = h(x) + alpha·s(x)`; the host keeps its full gradient. Otherwise the seed is a
     *replacement* of the host, `y = lerp(h(x), s(x), alpha)`. Delta seeds also implement
-    `delta_weight()` ([out, in], fp32) and `delta_bias()` (fp32 or None): `s(x) = ΔW·x + Δb`.
+    `delta_weight()` (fp32, [out, in] for a linear host, the host's kernel shape for a Conv2d) and
+    `delta_bias()` (fp32 or None): `s(x) = ΔW·x + Δb` (the conv of x with ΔW, plus Δb, on a Conv2d).
     """
 
     additive: ClassVar[bool] = False
 
     def forward(self, x: torch.Tensor, host_out: torch.Tensor, host: nn.Module) -> torch.Tensor:
         raise NotImplementedError
+
+
+# The fold kinds whose seeds are linear maps written into the host as a weight delta (fold.fold_delta).
+DELTA_FOLDS = (job_pb2.FOLD_KIND_LINEAR, job_pb2.FOLD_KIND_LORA, job_pb2.FOLD_KIND_REPARAM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +72,11 @@ class BlueprintSpec:
     def fold_kind(self) -> int:
         """The blueprint's fold (the first listed), a `job_pb2.FoldKind`."""
         return self.proto.folds[0] if self.proto.folds else job_pb2.FOLD_KIND_TRANSFER
+
+    @property
+    def delta_fold(self) -> bool:
+        """True when the seed leaves by a delta fold, `W += alpha·ΔW` from its `delta_weight()`."""
+        return self.fold_kind in DELTA_FOLDS
 
     def build(self, ctx: BuildContext, init_seed: str) -> Seed:
         """Build the seed deterministically from `init_seed`, without touching the global RNG."""
