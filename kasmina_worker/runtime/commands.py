@@ -105,7 +105,9 @@ class CommandApplier:
         body = getattr(command, action)
         live = self._resolve(action, body.scaffold) if action != "rollback" else None
         if action == "fold":
-            return live.scaffold_id, self._start_exit(live, EXIT_FOLD, command.command_id, boundary)
+            weaned = live.plan.spec.fold_kind != job_pb2.FOLD_KIND_TRANSFER or live.schedule.weaned()
+            note = "" if weaned else "; not weaned (its DECAY has not run), so removed as by a prune: PRUNED"
+            return live.scaffold_id, self._start_exit(live, EXIT_FOLD, command.command_id, boundary) + note
         if action == "prune":
             if body.immediate:
                 with_alpha = float(live.module.alpha)
@@ -261,8 +263,10 @@ class CommandApplier:
                 self.fold_parity[live.scaffold_id] = relative_change(before, after)
             stage = telemetry_pb2.SCAFFOLD_STAGE_FUSED
         elif kind == EXIT_TRANSFER:
-            self.runtime.prune(live, stage=telemetry_pb2.SCAFFOLD_STAGE_FUSED)
-            stage = telemetry_pb2.SCAFFOLD_STAGE_FUSED
+            # The host carries the seed's function only once weaned; removed before, the seed is pruned.
+            weaned = live.schedule.weaned()
+            stage = telemetry_pb2.SCAFFOLD_STAGE_FUSED if weaned else telemetry_pb2.SCAFFOLD_STAGE_PRUNED
+            self.runtime.prune(live, stage=stage)
         else:
             self.runtime.prune(live)
             stage = telemetry_pb2.SCAFFOLD_STAGE_PRUNED

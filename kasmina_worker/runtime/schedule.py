@@ -183,6 +183,10 @@ class AlphaSchedule:
         elif not st.paused:
             st.position += 1
 
+    def weaned(self) -> bool:
+        """True once the whole DECAY has run: the host was taught the blend down to the floor."""
+        return self.config.decay > 0 and self.state.position >= self.config.length
+
     def start_sunset(self, target: float) -> None:
         """Ramp alpha from where it is to `target`; the first step is taken now."""
         _, alpha, frozen = self._current()
