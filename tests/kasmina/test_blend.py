@@ -1,4 +1,4 @@
-"""The blend at a scaffold site (DESIGN.md section 4): zero-shock entry, the gradient of the function the
+"""The blend at a scaffold site (docs/design.md, section 4): zero-shock entry, the gradient of the function the
 site computes, a frozen host only on request, and default schedules in which something always learns."""
 
 from __future__ import annotations
