@@ -137,8 +137,10 @@ class CommandApplier:
         spec = get_blueprint(deploy.blueprint)
         if spec is None:
             raise Rejected("deploy.blueprint", f"unknown blueprint '{deploy.blueprint}'")
-        info = module_info(name, host, parameter_ties(self.runtime.root))
-        tied = tied_parameter_error(info)
+        ties = parameter_ties(self.runtime.root)
+        info = module_info(name, host, ties)
+        inside = [module_info(sub, module, ties) for sub, module in host.named_modules(prefix=name)]
+        tied = tied_parameter_error(name, inside)
         if tied is not None:
             raise Rejected(tied.field, tied.reason)
         given = dict(deploy.blueprint_params)

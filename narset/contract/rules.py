@@ -102,18 +102,27 @@ def protected_region_error(
     return None
 
 
-def tied_parameter_error(module: job_pb2.ModuleInfo) -> FieldError | None:
-    """Why a deploy on `module` is refused because a parameter of it is shared with another module, or None.
+def tied_parameter_error(module_name: str, modules: Iterable[job_pb2.ModuleInfo]) -> FieldError | None:
+    """Why a deploy on `module_name` is refused because a parameter of it, or of a module inside it, is
+    shared with a module outside it, or None. `modules`: the job's catalogue (or any part of it holding
+    the module, those inside it, and every module with a tied parameter).
 
     A scaffold freezes (host_mode frozen), folds into and re-parents its host's parameters; on a shared
     tensor (a head tied to the input embedding) that would freeze or rewrite the other module too.
     """
-    tied = [f"{p.name} (also {', '.join(p.tied_to)})" for p in module.parameters if p.tied_to]
+    inside = module_name + "."
+    tied = [
+        f"{info.name}.{param.name} (also {', '.join(outside)})"
+        for info in modules
+        if info.name == module_name or info.name.startswith(inside)
+        for param in info.parameters
+        if (outside := [name for name in param.tied_to if not name.startswith(inside)])
+    ]
     if not tied:
         return None
     return FieldError(
         "deploy.module",
-        f"module '{module.name}' shares parameter(s) with other modules: {'; '.join(tied)}; "
+        f"module '{module_name}' holds parameter(s) shared with other modules: {'; '.join(tied)}; "
         f"a scaffold here would also change them",
     )
 

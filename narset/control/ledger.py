@@ -152,7 +152,7 @@ class CommandLedger:
             raise Refusal(
                 reasons.BLUEPRINT_NOT_FOUND, "deploy.blueprint", f"no blueprint '{deploy.blueprint}' (known: {known})"
             )
-        tied = tied_parameter_error(module)
+        tied = tied_parameter_error(module.name, self._store.list_modules(job.job_id))
         if tied is not None:
             raise Refusal(reasons.PARAMETER_TIED, tied.field, tied.reason)
         fit = blueprint_fit_errors(blueprint, module, dict(deploy.blueprint_params))

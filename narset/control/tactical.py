@@ -267,7 +267,9 @@ class TacticalPolicy:
         occupied = {s.module for s in occupying}
         live = [s for s in occupying if s.stage in LIVE_STAGES]
         candidates: dict[str, str] = {}
-        for module in self._store.list_modules(job.job_id):
+        modules = self._store.list_modules(job.job_id)
+        tied = [m for m in modules if any(p.tied_to for p in m.parameters)]
+        for module in modules:
             region = region_for_module(job.regions, module.name) or module.name
             if (
                 region in candidates
@@ -275,7 +277,7 @@ class TacticalPolicy:
                 or region in embargoed
                 or module.name in occupied
                 or sum(s.region == region for s in live) >= policy.max_scaffolds_per_region
-                or tied_parameter_error(module)
+                or tied_parameter_error(module.name, tied)
                 or blueprint_fit_errors(blueprint, module, params)
             ):
                 continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from kasmina_testing import deploy, result_ok
+from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from kasmina_worker import KasminaWorker
@@ -56,7 +57,7 @@ def test_worker_refuses_a_deploy_on_the_tied_head_and_the_embedding_keeps_traini
     summary = worker.checkpoint(step=0)
     refused = summary.results[0]
     assert refused.outcome == telemetry_pb2.COMMAND_OUTCOME_REJECTED
-    expected = rules.tied_parameter_error(module_info("lm_head", model.lm_head, parameter_ties(model)))
+    expected = rules.tied_parameter_error("lm_head", [module_info("lm_head", model.lm_head, parameter_ties(model))])
     assert refused.message == str(expected)
     assert refused.message.startswith("deploy.module: ") and "transformer.wte.weight" in refused.message
     result_ok(summary, 1)
@@ -65,3 +66,31 @@ def test_worker_refuses_a_deploy_on_the_tied_head_and_the_embedding_keeps_traini
     _train(worker, optimizer, steps=3)
     assert model.transformer.wte.weight.requires_grad
     assert not torch.equal(model.transformer.wte.weight, before)
+
+
+class Readout(nn.Module):
+    """A head block with known feature sizes whose projection is tied to the embedding outside it."""
+
+    def __init__(self, embed: nn.Embedding) -> None:
+        super().__init__()
+        self.in_features, self.out_features = embed.embedding_dim, embed.num_embeddings
+        self.proj = nn.Linear(self.in_features, self.out_features, bias=False)
+        self.proj.weight = embed.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def test_worker_refuses_a_deploy_on_a_module_holding_a_tied_parameter_inside_it():
+    """A residual_mlp on a block whose submodule's weight is the embedding's is REJECTED naming that parameter."""
+    embed = nn.Embedding(10, 8)
+    model = nn.Sequential(embed, nn.Linear(8, 8), Readout(embed))
+    worker = KasminaWorker(model, torch.optim.SGD(model.parameters(), lr=0.1), job="inside")
+    worker.submit(deploy("2", "residual_mlp", "block"))
+    worker.submit(deploy("1", "residual_mlp", "free"))
+    summary = worker.checkpoint(step=0)
+    assert summary.results[0].outcome == telemetry_pb2.COMMAND_OUTCOME_REJECTED
+    assert summary.results[0].message.startswith("deploy.module: ") and "2.proj.weight (also 0.weight)" in (
+        summary.results[0].message
+    )
+    result_ok(summary, 1)
