@@ -2,7 +2,7 @@
 
 A training process must hold no gRPC state when it forks (DataLoader workers with the fork start
 method abort otherwise), so the job's rank 0 never imports a channel: it starts
-`python -m kasmina_worker.link.worker_link ADDRESS` once and exchanges length-prefixed protobuf frames with it
+`python -m kasmina_worker.link ADDRESS` once and exchanges length-prefixed protobuf frames with it
 over pipes. The child keeps one channel open across boundaries and applies a deadline to each RPC;
 the parent bounds every wait as well, so a hung or absent Narset costs at most `timeout_s` (plus a
 half-second margin) per call. The child reaches Narset as every client does (`narset.contract.connection`):
@@ -97,7 +97,7 @@ class WorkerLink:
         """Start the link process now (it also starts on the first call)."""
         if self._process is None or self._process.poll() is not None:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "kasmina_worker.link.worker_link", self.address, str(self.timeout_s)],
+                [sys.executable, "-m", "kasmina_worker.link", self.address, str(self.timeout_s)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=self._env,
@@ -187,7 +187,3 @@ def _serve_link(address: str, timeout_s: float) -> None:
                     "field": field,
                 }
                 _write_frame(stdout, _ERROR, json.dumps(problem).encode())
-
-
-if __name__ == "__main__":
-    _serve_link(sys.argv[1], float(sys.argv[2]))

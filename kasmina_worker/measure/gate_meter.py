@@ -17,7 +17,9 @@ unset, which Narset judges a failure. Definitions, per live scaffold (docs/kasmi
 * G4 `jitter_p95`: p95 (linear interpolation) of `|L_t − L_{t−1}| / (|L_{t−1}| + 1e-6)` over the
   step losses in the ring since the deploy; `drift = |mean(last K) − mean(K before)|`, K = window/2,
   once 2K losses exist; `diversity = 1 − mean |corr(f_i, f_j)|`, i ≠ j, over the site's output
-  features, a Conv2d site's channels (a constant feature counts as fully correlated).
+  features, a Conv2d site's channels (a constant feature counts as fully correlated); `host_diversity`,
+  the same over the host's own output at the site on the same inputs (what the site had without the
+  scaffold).
 * G5 `step_time_ratio`: mean step time of this interval / that of the last interval before the
   deploy (kept per scaffold); `memory_fraction`: RSS / RAM (CPU) or allocated / total (CUDA).
 """
@@ -268,6 +270,9 @@ class GateMeter:
         bounds = (self.config.diversity_max_features, self.config.diversity_max_samples)
         features = _channels_last if isinstance(live.module.host, nn.Conv2d) else list
         put(telemetry, "diversity", diversity_index(features(site.outputs), *bounds))
+        host = [live.module.host(*args, **kwargs) for args, kwargs in site.calls]
+        if all(isinstance(h, torch.Tensor) for h in host):
+            put(telemetry, "host_diversity", diversity_index(features(host), *bounds))
 
     def _exit_gates(
         self, telemetry: telemetry_pb2.GateTelemetry, live: LiveScaffold, site: _Site, probe: float | None

@@ -354,7 +354,10 @@ class Exchange:
             )
             scaffold.policy.ttl_ckpts = report.ttl_ckpts
         if scaffold.stage == telemetry_pb2.SCAFFOLD_STAGE_PENDING and report.stage in LIVE_STAGES:
-            scaffold.deployed_boundary = boundary - report.age_ckpts
+            # A report carries the scaffold as the previous boundary left it (the worker measures and
+            # reports before it applies anything), and age counts from the boundary that applied the
+            # deploy: that boundary's own report is the last one without the scaffold.
+            scaffold.deployed_boundary = boundary - 1 - report.age_ckpts
         scaffold.stage = report.stage
         scaffold.alpha = report.alpha
         scaffold.age_ckpts = report.age_ckpts

@@ -1,10 +1,11 @@
 """Narset judges the gates the worker measured (docs/design.md, section 5): verdicts against thresholds.
 
 `judge` is a pure function; `judge_scaffold` feeds it a stored scaffold's last telemetry and the
-history Narset holds. An unmeasured gate fails. G2's residual gain is computed here, from the
-probe-loss history, because only Narset sees the pre-deploy trend. G5's step-time ratio is judged
-on every reading of the scaffold's life, not the last: a wall-clock interval is at the mercy of
-whatever else the machine ran, so one noisy boundary must not decide (`step_time_statistic`).
+job's stored reports. An unmeasured gate fails. Two gates are computed here from the reports,
+because only Narset holds the job's history: G2's residual gain (the pre-deploy probe-loss trend)
+and G5's step-time ratio, from the job's reported step times over the scaffold's whole life against
+those before its deploy (`step_time_statistic`): a wall-clock interval is at the mercy of whatever
+else the machine ran, so no single interval, before or after the deploy, may decide.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import operator
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from narset.contract.limits import MAX_BOUNDARY
 from narset.contract.rules import raised_flags
 from narset.store import Store
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
@@ -23,6 +26,7 @@ __all__ = [
     "MIN_TREND_POINTS",
     "TREND_WINDOW",
     "GateJudgement",
+    "Reading",
     "judge",
     "judge_scaffold",
     "residual_gain",
@@ -86,15 +90,27 @@ def residual_gain(pre_deploy: Sequence[float], host_after_exit: float | None, ag
     return (predicted - host_after_exit) / abs(at_deploy)
 
 
-def step_time_statistic(ratios: Sequence[float]) -> float | None:
-    """G5's step-time value from every reading of a scaffold's life: their low median (None without one).
+class Reading(NamedTuple):
+    """A gate's value and the number of boundaries it summarises."""
 
-    The low median is a reading that at least half of the readings reach or exceed, so the gate fails
-    only when most readings (both of two) are over the limit: one slow boundary on a busy machine
-    cannot prune a scaffold that has two or more readings.
+    value: float | None
+    samples: int
+
+
+def step_time_statistic(before: Sequence[float], during: Sequence[float]) -> Reading:
+    """G5's step-time ratio: the low median of the step times of the scaffold's life (`during`) over the
+    median of those of the boundaries before its deploy (`before`), both the job's reported interval means.
+
+    Both ends are robust: a single interval is at the mercy of whatever else the machine ran, the
+    pre-deploy one as much as any. The low median of `during` is a value that at least half of them
+    reach, so the ratio fails its limit only when most (both, of two) of the scaffold's intervals
+    are over it. The samples are the intervals of its life; no interval on either side: unmeasured.
     """
-    finite = [r for r in ratios if math.isfinite(r)]
-    return statistics.median_low(finite) if finite else None
+    before = [t for t in before if math.isfinite(t) and t > 0]
+    during = [t for t in during if math.isfinite(t)]
+    if not before or not during:
+        return Reading(None, len(during))
+    return Reading(statistics.median_low(during) / statistics.median(before), len(during))
 
 
 def _verdict(
@@ -111,57 +127,57 @@ def _get(gates: telemetry_pb2.GateTelemetry, name: str) -> float | None:
     return getattr(gates, name) if gates.HasField(name) else None
 
 
+def _diversity_floor(gates: telemetry_pb2.GateTelemetry, thresholds: command_pb2.GateThresholds) -> float:
+    """G4's diversity limit: `diversity_min`, or the host's own diversity at the site where that is lower.
+
+    The gate is there to catch a scaffold that collapses the site's features. A host whose features
+    were correlated before the scaffold came (a rank-deficient layer, the very case a scaffold can
+    repair) would otherwise fail every scaffold on it: there the scaffold must only not make it worse.
+    """
+    host = _get(gates, "host_diversity")
+    return thresholds.diversity_min if host is None else min(thresholds.diversity_min, host)
+
+
 def judge(
     gates: telemetry_pb2.GateTelemetry,
     thresholds: command_pb2.GateThresholds,
     gain: float | None,
-    step_time_ratios: Sequence[float],
+    step_time: Reading,
 ) -> GateJudgement:
     """Every gate's verdict on the last telemetry `gates`, except G2 (`gain`, from `residual_gain`) and
-    G5's step time (`step_time_ratios`, every reading of the scaffold's life, via `step_time_statistic`)."""
+    G5's step time (from `step_time_statistic`)."""
     le, ge = operator.le, operator.ge
-    step_time = step_time_statistic(step_time_ratios)
     verdicts = (
         _verdict("G1", _get(gates, "transfer_rel_delta"), thresholds.transfer_epsilon, le, hard=False),
         _verdict("G2", gain, thresholds.residual_gain_gamma, ge, hard=False),
         _verdict("G3", _get(gates, "foldability"), thresholds.foldability_theta, ge, hard=False),
         _verdict("G4.jitter", _get(gates, "jitter_p95"), thresholds.jitter_p95_max, le, hard=True),
         _verdict("G4.drift", _get(gates, "drift"), thresholds.drift_max, le, hard=True),
-        _verdict("G4.diversity", _get(gates, "diversity"), thresholds.diversity_min, ge, hard=True),
-        _verdict(
-            "G5.step_time", step_time, thresholds.step_time_ratio_max, le, hard=True, samples=len(step_time_ratios)
-        ),
+        _verdict("G4.diversity", _get(gates, "diversity"), _diversity_floor(gates, thresholds), ge, hard=True),
+        _verdict("G5.step_time", step_time.value, thresholds.step_time_ratio_max, le, True, step_time.samples),
         _verdict("G5.memory", _get(gates, "memory_fraction"), thresholds.memory_fraction_max, le, hard=True),
     )
     return GateJudgement(verdicts=verdicts, flags=raised_flags(gates))
 
 
-def _probe_losses(store: Store, job_id: str, first: int, last: int) -> list[float]:
-    losses = []
-    for _, body in store.report_bodies(job_id, first, last):
-        report = worker_service_pb2.ReportBoundaryRequest.FromString(body)
-        if report.HasField("probe_loss"):
-            losses.append(report.probe_loss)
-    return losses
-
-
-def _step_time_ratios(store: Store, scaffold: job_pb2.Scaffold) -> list[float]:
-    """The step-time readings of every boundary `scaffold` reported since its deploy, oldest first."""
-    return [
-        entry.gates.step_time_ratio
-        for entry in store.scaffold_history(scaffold.job_id, scaffold.scaffold_id)
-        if entry.gates.HasField("step_time_ratio")
-    ]
+def _field(reports: Sequence[worker_service_pb2.ReportBoundaryRequest], name: str) -> list[float]:
+    return [getattr(r, name) for r in reports if r.HasField(name)]
 
 
 def judge_scaffold(store: Store, scaffold: job_pb2.Scaffold, probe_loss: float | None) -> GateJudgement:
-    """Verdicts of every gate for `scaffold` on its stored history, last telemetry and `probe_loss` now."""
+    """Verdicts of every gate for `scaffold` on the job's stored reports, its last telemetry and `probe_loss` now."""
     gates = scaffold.gates
     host_after = None
     if probe_loss is not None and gates.HasField("transfer_rel_delta"):
         host_after = probe_loss * (1.0 + gates.transfer_rel_delta)
-    pre = _probe_losses(
-        store, scaffold.job_id, scaffold.deployed_boundary - TREND_WINDOW + 1, scaffold.deployed_boundary
-    )
-    gain = residual_gain(pre, host_after, scaffold.age_ckpts)
-    return judge(gates, scaffold.policy.gates, gain, _step_time_ratios(store, scaffold))
+    deployed = scaffold.deployed_boundary
+    # The report of the deploy boundary covers the last interval before the scaffold existed.
+    reports = [
+        (boundary, worker_service_pb2.ReportBoundaryRequest.FromString(body))
+        for boundary, body in store.report_bodies(scaffold.job_id, deployed - TREND_WINDOW + 1, MAX_BOUNDARY)
+    ]
+    before = [r for boundary, r in reports if boundary <= deployed]
+    during = [r for boundary, r in reports if boundary > deployed]
+    gain = residual_gain(_field(before, "probe_loss"), host_after, scaffold.age_ckpts)
+    step_time = step_time_statistic(_field(before, "step_time_ms"), _field(during, "step_time_ms"))
+    return judge(gates, scaffold.policy.gates, gain, step_time)

@@ -59,7 +59,7 @@ DECISION_OUTCOME_PERSIST: DecisionOutcome
 DECISION_OUTCOME_DEPLOY: DecisionOutcome
 
 class GateTelemetry(_message.Message):
-    __slots__ = ("transfer_rel_delta", "probe_loss", "foldability", "svd_energy", "jitter_p95", "drift", "diversity", "step_time_ratio", "memory_fraction", "non_finite", "loss_spike", "isolation_leak")
+    __slots__ = ("transfer_rel_delta", "probe_loss", "foldability", "svd_energy", "jitter_p95", "drift", "diversity", "step_time_ratio", "memory_fraction", "non_finite", "loss_spike", "isolation_leak", "host_diversity")
     TRANSFER_REL_DELTA_FIELD_NUMBER: _ClassVar[int]
     PROBE_LOSS_FIELD_NUMBER: _ClassVar[int]
     FOLDABILITY_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class GateTelemetry(_message.Message):
     NON_FINITE_FIELD_NUMBER: _ClassVar[int]
     LOSS_SPIKE_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_LEAK_FIELD_NUMBER: _ClassVar[int]
+    HOST_DIVERSITY_FIELD_NUMBER: _ClassVar[int]
     transfer_rel_delta: float
     probe_loss: float
     foldability: float
@@ -84,7 +85,8 @@ class GateTelemetry(_message.Message):
     non_finite: bool
     loss_spike: bool
     isolation_leak: bool
-    def __init__(self, transfer_rel_delta: _Optional[float] = ..., probe_loss: _Optional[float] = ..., foldability: _Optional[float] = ..., svd_energy: _Optional[float] = ..., jitter_p95: _Optional[float] = ..., drift: _Optional[float] = ..., diversity: _Optional[float] = ..., step_time_ratio: _Optional[float] = ..., memory_fraction: _Optional[float] = ..., non_finite: _Optional[bool] = ..., loss_spike: _Optional[bool] = ..., isolation_leak: _Optional[bool] = ...) -> None: ...
+    host_diversity: float
+    def __init__(self, transfer_rel_delta: _Optional[float] = ..., probe_loss: _Optional[float] = ..., foldability: _Optional[float] = ..., svd_energy: _Optional[float] = ..., jitter_p95: _Optional[float] = ..., drift: _Optional[float] = ..., diversity: _Optional[float] = ..., step_time_ratio: _Optional[float] = ..., memory_fraction: _Optional[float] = ..., non_finite: _Optional[bool] = ..., loss_spike: _Optional[bool] = ..., isolation_leak: _Optional[bool] = ..., host_diversity: _Optional[float] = ...) -> None: ...
 
 class ScaffoldReport(_message.Message):
     __slots__ = ("scaffold_id", "module", "blueprint", "stage", "alpha", "age_ckpts", "ttl_ckpts", "extensions", "paused", "gates", "region", "seed_parameters")

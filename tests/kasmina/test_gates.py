@@ -16,7 +16,7 @@ from kasmina_worker.measure.breakers import BreakerConfig
 from kasmina_worker.measure.gate_formulas import diversity_index, drift, jitter_p95
 from kasmina_worker.worker import WorkerConfig
 from narset.contract.scaffold_policy import DEFAULT_GATES
-from narset.control.judge import judge
+from narset.control.judge import Reading, judge
 
 ALL_GATES = (
     "transfer_rel_delta",
@@ -25,6 +25,7 @@ ALL_GATES = (
     "jitter_p95",
     "drift",
     "diversity",
+    "host_diversity",
     "step_time_ratio",
     "memory_fraction",
 )
@@ -242,6 +243,20 @@ def test_diversity_is_high_for_random_features_and_low_for_collapsed_ones():
     assert diversity_index([torch.randn(1, 16, generator=g)]) is None
 
 
+def test_host_diversity_is_the_index_of_the_host_output_at_the_site():
+    """host_diversity is the diversity index of the bypassed host's output at the site; with delta 0, the site's."""
+    model = _model()
+    worker, optimizer = _worker(model)
+    _train(worker, optimizer, 5)
+    worker.submit(deploy("2", "lora", blueprint_params={"rank": 2}, policy=_warm()))
+    worker.checkpoint(step=5)
+    [report] = worker.checkpoint(step=5).report.scaffolds  # no step since the deploy: B = 0, delta 0
+    with torch.no_grad():
+        host_outputs = [worker.model[2].host(model[1](model[0](x))) for x, _ in _probe()]
+    assert report.gates.host_diversity == pytest.approx(diversity_index(host_outputs), abs=1e-6)
+    assert report.gates.host_diversity == pytest.approx(report.gates.diversity, abs=1e-6)
+
+
 def test_step_time_ratio_needs_a_baseline_and_is_one_when_nothing_changed():
     """No baseline (deployed before any step): unset; with a pre-deploy interval and equal step times: exactly 1."""
     clock = FakeClock(0.01)
@@ -317,7 +332,7 @@ def test_unmeasured_gates_stay_unset_and_fail():
     unset = ("transfer_rel_delta", "probe_loss", "foldability", "jitter_p95", "drift", "diversity", "step_time_ratio")
     assert [name for name in unset if gates.HasField(name)] == []
     assert gates.HasField("svd_energy") and gates.HasField("memory_fraction")  # need no probe
-    verdicts = {v.gate: v for v in judge(gates, DEFAULT_GATES, None, []).verdicts}
+    verdicts = {v.gate: v for v in judge(gates, DEFAULT_GATES, None, Reading(None, 0)).verdicts}
     for gate in ("G1", "G3", "G4.jitter", "G4.drift", "G4.diversity", "G5.step_time"):
         assert not verdicts[gate].passed and not verdicts[gate].HasField("value")
 

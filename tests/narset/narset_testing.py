@@ -49,6 +49,9 @@ class ServerThread:
         return f"127.0.0.1:{self.server.port}"
 
     def stop(self) -> None:
+        """Graceful stop; safe twice (a test may stop the fixture's server before its teardown does)."""
+        if not self._thread.is_alive():
+            return
         asyncio.run_coroutine_threadsafe(self.server.stop(0.5), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
@@ -176,7 +179,9 @@ class Job:
         self.results: list[telemetry_pb2.CommandResult] = []
 
     def report(self, probe_loss: float, scaffolds=(), **fields) -> worker_service_pb2.ReportBoundaryResponse:
+        """Report the next boundary; every interval took 2 ms a step unless `step_time_ms` says otherwise."""
         self.boundary += 1
+        fields.setdefault("step_time_ms", 2.0)
         response = self.stub.ReportBoundary(
             worker_service_pb2.ReportBoundaryRequest(
                 job_id=self.job_id,

@@ -12,7 +12,7 @@ from narset.cli import main
 from narset.client import NarsetError
 from narset.contract import reasons
 from narset.contract.scaffold_policy import DEFAULT_GATES
-from narset.control.judge import judge, residual_gain, trend_slope
+from narset.control.judge import Reading, judge, residual_gain, trend_slope
 from narset.v1 import command_pb2, telemetry_pb2
 
 S = telemetry_pb2
@@ -29,7 +29,7 @@ def test_trend_and_residual_gain():
 
 def test_unmeasured_gate_fails():
     """A gate whose value is missing has no value and does not pass."""
-    judgement = judge(gates(foldability=None), DEFAULT_GATES, 0.1, [1.0])
+    judgement = judge(gates(foldability=None), DEFAULT_GATES, 0.1, Reading(1.0, 1))
     g3 = next(v for v in judgement.verdicts if v.gate == "G3")
     assert not g3.HasField("value") and not g3.passed
     assert judgement.soft_failures == ["G3"]
@@ -130,7 +130,7 @@ def test_persist_twice_then_final_decision(job):
 def test_soft_failure_without_benefit_prunes(job):
     """A soft failure with G2 showing no benefit (host no better than its trend) prunes."""
     deployed(job, losses=(1.0, 0.9, 0.8))
-    [decision] = job.report(0.8, [live(S.SCAFFOLD_STAGE_EVALUATING, gates(foldability=0.5), age=1)]).decisions
+    [decision] = job.report(0.8, [live(S.SCAFFOLD_STAGE_EVALUATING, gates(foldability=0.5), age=0)]).decisions
     assert decision.outcome == S.DECISION_OUTCOME_PRUNE
     assert "G2 shows no benefit" in decision.reason
 
