@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from narset.contract.connection import Connection
@@ -112,6 +113,15 @@ class NarsetClient:
 
     def set_policy(self, job_id: str, policy: job_pb2.JobPolicy) -> job_pb2.JobPolicy:
         return self._call("SetPolicy", pb.SetPolicyRequest(job_id=job_id, policy=policy)).policy
+
+    def health(self, service: str = "") -> str:
+        """The `grpc.health.v1` status of `service` ("": the server as a whole), e.g. SERVING, NOT_SERVING."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            raise NarsetError.from_rpc(error) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def list_audit(self, job_id: str = "", after_sequence: int = 0, limit: int = 0) -> list[pb.AuditEntry]:
         request = pb.ListAuditRequest(job_id=job_id, after_sequence=after_sequence, limit=limit)

@@ -328,6 +328,16 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_health(client: NarsetClient, args: argparse.Namespace) -> int:
+    """Exit 0 only when the service serves: the container and Kubernetes probes run this."""
+    status = client.health(args.service)
+    if args.json:
+        render.emit_json({"service": args.service, "status": status})
+    else:
+        print(status)
+    return EXIT_OK if status == "SERVING" else EXIT_ERROR
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from narset_demo.demo import DemoConfig, run_demo
 
@@ -384,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    query(
+        "health", cmd_health, "whether the server serves (grpc.health.v1); exit 0 only if SERVING", job=False
+    ).add_argument(
+        "--service", default="", help="one service, e.g. narset.v1.OperatorService (default: the whole server)"
+    )
     query("jobs", cmd_jobs, "list jobs", job=False)
     query("job", cmd_job, "describe a job: ranks, regions, embargoes")
     query("modules", cmd_modules, "list a job's host modules")
@@ -449,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             token_file=args.token_file, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key
         )
         with NarsetClient(args.server, timeout_s=args.timeout, connection=connection) as client:
-            args.handler(client, args)
+            code = args.handler(client, args)
     except argparse.ArgumentTypeError as error:
         parser.exit(EXIT_USAGE, f"narset {args.command}: error: {error}\n")
     except NarsetError as error:
@@ -467,4 +482,4 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
-    return EXIT_OK
+    return code or EXIT_OK

@@ -121,3 +121,17 @@ def test_attach_refuses_malformed_registration(worker_stub):
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert refused.value.details().startswith(field + ":"), refused.value.details()
         assert_refusal(refused.value, grpc.StatusCode.INVALID_ARGUMENT, reasons.INVALID_FIELD, field)
+
+
+def test_health_exits_zero_only_while_serving(server, capsys):
+    """`narset health` prints SERVING and exits 0 for the server and each service; an unknown service is refused."""
+    assert run_cli(capsys, "health", "--server", server.address)[:2] == (0, "SERVING\n")
+    code, out, _ = run_cli(
+        capsys, "health", "--service", "narset.v1.OperatorService", "--json", "--server", server.address
+    )
+    assert code == 0 and json.loads(out) == {"service": "narset.v1.OperatorService", "status": "SERVING"}
+    code, _, err = run_cli(capsys, "health", "--service", "narset.v1.Nothing", "--server", server.address)
+    assert code == 3 and "NOT_FOUND" in err
+    server.stop()
+    code, _, err = run_cli(capsys, "health", "--timeout", "2", "--server", server.address)
+    assert code == 4 and "UNAVAILABLE" in err

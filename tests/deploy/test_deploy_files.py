@@ -1,0 +1,70 @@
+"""Everything under deploy/ is valid: Dockerfiles pass hadolint, manifests their Kubernetes schemas, and
+the settings they carry load in `narset serve`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from narset.server.settings import load_settings
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+MANIFESTS = sorted((DEPLOY / "k8s").glob("*.yaml"))
+KUBERNETES = "1.33"
+HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+
+
+def _documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "job.Dockerfile"])
+def test_dockerfiles_pass_hadolint(dockerfile):
+    """hadolint finds nothing in the server's and the example job's Dockerfiles (info level included)."""
+    done = subprocess.run([HADOLINT, str(DEPLOY / dockerfile)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=[m.name for m in MANIFESTS])
+def test_manifests_pass_their_kubernetes_schema(manifest):
+    """Each resource validates strictly against Kubernetes' schemas; a PyTorchJob's pod template as a PodTemplate."""
+    for document in _documents(manifest):
+        if document["kind"] == "PyTorchJob":
+            for role, spec in document["spec"]["pytorchReplicaSpecs"].items():
+                template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": role.lower()}}
+                kubernetes_validate.validate({**template, "template": spec["template"]}, KUBERNETES, strict=True)
+        else:
+            kubernetes_validate.validate(document, KUBERNETES, strict=True)
+
+
+def test_the_configmaps_narset_toml_loads_as_server_settings(tmp_path):
+    """The narset.toml the Deployment mounts is valid settings: TLS files, tokens, a public bind allowed by both."""
+    (config_map,) = _documents(DEPLOY / "k8s" / "configmap.yaml")
+    path = tmp_path / "narset.toml"
+    path.write_text(config_map["data"]["narset.toml"])
+    settings = load_settings(path)
+    assert tomllib.loads(path.read_text())["address"] == settings.address == "0.0.0.0:50051"
+    assert settings.tls_cert is not None and {t.role for t in settings.tokens} == {"operator", "worker"}
+
+
+def test_compose_runs_narset_with_a_worker_token_and_the_job_after_it_is_healthy(monkeypatch):
+    """compose.yaml: Narset's token list parses as settings once interpolated; the job waits for Narset's health."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    narset, train = compose["services"]["narset"], compose["services"]["train"]
+    tokens = narset["environment"]["NARSET_TOKENS"].replace(
+        "${NARSET_WORKER_TOKEN_SHA256:?run narset token first}", "ab" * 32
+    )
+    monkeypatch.setenv("NARSET_TOKENS", json.dumps(json.loads(tokens)))
+    monkeypatch.setenv("NARSET_INSECURE", narset["environment"]["NARSET_INSECURE"])
+    settings = load_settings(address="0.0.0.0:50051")
+    assert [t.role for t in settings.tokens] == ["worker"] and settings.insecure
+    assert train["depends_on"]["narset"]["condition"] == "service_healthy"
+    assert "narset:50051" in train["command"]
