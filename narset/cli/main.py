@@ -304,6 +304,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         insecure=True if args.insecure else None,
+        metrics_address=args.metrics_address,
+        metrics_job_labels=True if args.metrics_job_labels else None,
     )
     configure_logging(settings.log_level, settings.log_format)
     try:
@@ -375,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--insecure", action="store_true", help="listen beyond loopback without TLS and tokens (say so explicitly)"
     )
+    serve.add_argument("--metrics-address", help="host:port of a Prometheus /metrics endpoint (default: none)")
+    serve.add_argument("--metrics-job-labels", action="store_true", help="label the store's metrics by job id")
 
     token = sub.add_parser("token", help="make a bearer token and the settings entry that accepts it")
     token.add_argument("--name", required=True, help="the identity: issued_by of its commands, who in the audit log")

@@ -1,4 +1,4 @@
-"""Assembles and runs the Narset server: store, services, health, reflection, graceful shutdown."""
+"""Assembles and runs the Narset server: store, services, health, reflection, metrics, graceful shutdown."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from narset.control.ledger import CommandLedger
 from narset.control.tactical import TacticalPolicy
 from narset.server.guard import Guard
 from narset.server.identity import Authority
+from narset.server.metrics import Metrics, MetricsEndpoint, StoreCollector
 from narset.server.operator_service import OperatorService
 from narset.server.settings import ServerSettings, exposure_error
 from narset.server.worker_service import WorkerService
@@ -66,6 +67,8 @@ class NarsetServer:
         self._store: Store | None = None
         self._events: EventHub | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self.metrics_port: int | None = None
 
     async def start(self) -> int:
         exposed = exposure_error(self.settings)
@@ -77,14 +80,16 @@ class NarsetServer:
             for blueprint in BUILTIN_BLUEPRINTS:
                 store.put_blueprint(blueprint)
         events = EventHub(store)
+        metrics = Metrics()
+        store.on_commit = metrics.store_commit_seconds.observe
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[Guard(Authority(self.settings.tokens), store)],
+            interceptors=[Guard(Authority(self.settings.tokens), store, metrics)],
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)],
         )
         ledger = CommandLedger(store, events)
         exchange = Exchange(store, events, DecisionEngine(store, ledger, events), TacticalPolicy(store, ledger, events))
-        worker_service = WorkerService(exchange, self.settings.stale_session_s)
+        worker_service = WorkerService(exchange, self.settings.stale_session_s, metrics)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(worker_service, server)
         operator_service_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorService(store, ledger, events), server)
         health_servicer = health.aio.HealthServicer()
@@ -97,6 +102,11 @@ class NarsetServer:
         if port == 0:
             store.close()
             raise OSError(f"could not listen on {self.settings.address}")
+        try:
+            self._metrics_endpoint = self._serve_metrics(metrics, store)
+        except OSError:
+            store.close()
+            raise
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -111,6 +121,18 @@ class NarsetServer:
         )
         return port
 
+    def _serve_metrics(self, metrics: Metrics, store: Store) -> MetricsEndpoint | None:
+        """The /metrics endpoint with the store's counts, if the settings ask for one."""
+        if self.settings.metrics_address is None:
+            return None
+        if store.path == ":memory:":  # no other connection can see it
+            log.warning("metrics.no_store_counts", reason="an in-memory store")
+        else:
+            metrics.registry.register(StoreCollector(store.path, self.settings.metrics_job_labels))
+        endpoint = MetricsEndpoint(self.settings.metrics_address, metrics.registry)
+        self.metrics_port = endpoint.port
+        return endpoint
+
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, end watch streams, let in-flight RPCs finish, then close the store."""
         if self._server is None:
@@ -119,6 +141,10 @@ class NarsetServer:
         await self._health.enter_graceful_shutdown()
         self._events.close()
         await server.stop(self.settings.grace_s if grace is None else grace)
+        if self._metrics_endpoint is not None:
+            # Off the event loop: closing waits for a scrape in progress.
+            await asyncio.to_thread(self._metrics_endpoint.close)
+            self._metrics_endpoint = None
         self._store.close()
         log.info("server.stopped")
 

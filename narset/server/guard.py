@@ -9,12 +9,15 @@ and its job patterns the job, and runs the method. A mutating method runs inside
 transaction together with its audit entry, so the change and its record commit or vanish together.
 A `Refusal` becomes its status (and an audit entry, for a mutating call or an identity refusal);
 anything else is INTERNAL with a generic message, logged with its traceback and the method.
+Each call is timed and counted by status code, each refusal by reason (`narset.server.metrics`).
 
 The services' unary methods are synchronous: nothing can interleave inside their transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -31,6 +34,7 @@ from narset.control.ledger import ACTIONS
 from narset.server._refusals import abort_refused
 from narset.server.audit import MUTATING, AuditedCall, decision_entries, entry
 from narset.server.identity import CALLER, Authority
+from narset.server.metrics import Metrics
 from narset.store import Store
 from narset.v1 import operator_service_pb2, worker_service_pb2
 
@@ -84,9 +88,10 @@ def _job_of(method: MethodDescriptor, request: Message) -> tuple[str, str] | Non
 class Guard(grpc.aio.ServerInterceptor):
     """Wraps every method of the worker and operator services; other services (health, reflection) pass."""
 
-    def __init__(self, authority: Authority, store: Store) -> None:
+    def __init__(self, authority: Authority, store: Store, metrics: Metrics) -> None:
         self._authority = authority
         self._store = store
+        self._metrics = metrics
         self._methods = {f"/{service.full_name}/{m.name}": m for service in SERVICES for m in service.methods}
 
     async def intercept_service(
@@ -142,6 +147,7 @@ class Guard(grpc.aio.ServerInterceptor):
             log.exception("audit.failed", rpc=call.method)
 
     async def _refuse(self, call: AuditedCall, context, refusal: Refusal) -> None:
+        self._metrics.refusals.labels(refusal.reason).inc()
         self._audit(call, refusal.status.name, refusal)
         await abort_refused(context, call.method, refusal)
 
@@ -154,28 +160,43 @@ class Guard(grpc.aio.ServerInterceptor):
     def _guard_unary(self, method: MethodDescriptor, behavior: Behavior):
         async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
             call = AuditedCall(method.name, context.peer())
+            started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 return self._run(call, behavior, self._admit(call, method, raw, context), context)
             except Refusal as refusal:
+                code = refusal.status
                 await self._refuse(call, context, refusal)
             except grpc.aio.AbortError:
+                code = context.code()  # the status the method aborted with
                 raise
             except Exception:
+                code = grpc.StatusCode.INTERNAL
                 await self._fail(call, context)
+            finally:
+                self._metrics.rpc_done(method.name, code, time.perf_counter() - started)
 
         return guarded
 
     def _guard_stream(self, method: MethodDescriptor, behavior: StreamBehavior):
         async def guarded(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Message]:
             call = AuditedCall(method.name, context.peer())
+            started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 async for response in behavior(self._admit(call, method, raw, context), context):
                     yield response
             except Refusal as refusal:
+                code = refusal.status
                 await self._refuse(call, context, refusal)
             except grpc.aio.AbortError:
+                code = context.code()  # the status the method aborted with
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                code = grpc.StatusCode.CANCELLED  # the client went away (a watch stream ends so)
                 raise
             except Exception:
+                code = grpc.StatusCode.INTERNAL
                 await self._fail(call, context)
+            finally:
+                self._metrics.rpc_done(method.name, code, time.perf_counter() - started)
 
         return guarded

@@ -62,10 +62,16 @@ class ServerSettings(BaseSettings):
     stale_session_s: float = Field(
         600.0, gt=0, description="a worker token may take over a job whose session was silent this long"
     )
+    metrics_address: str | None = Field(
+        None, description="host:port of the Prometheus endpoint (/metrics); none: no endpoint; port 0: any free port"
+    )
+    metrics_job_labels: bool = Field(False, description="label the store's counts by job id (one series per job)")
 
-    @field_validator("address")
+    @field_validator("address", "metrics_address")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"must be host:port with a port in 0..65535, got {value!r}")
@@ -112,6 +118,13 @@ def exposure_error(settings: ServerSettings) -> str | None:
     Narset rewrites the weights of running jobs: beyond loopback it needs TLS and tokens, unless the
     operator says `insecure` explicitly (a private network with other protection).
     """
+    metrics = settings.metrics_address
+    if metrics is not None and not _is_loopback(metrics.rpartition(":")[0]) and not settings.insecure:
+        # The endpoint has neither TLS nor tokens, and what it shows (jobs, load, refusals) is worth hiding.
+        return (
+            f"refusing to serve metrics on {metrics}: the endpoint is plain HTTP without tokens. Serve them on "
+            f"loopback (behind a proxy or a sidecar scraper), or pass --insecure (NARSET_INSECURE=true)"
+        )
     host = settings.address.rpartition(":")[0]
     missing = [what for what, on in (("TLS", settings.tls_cert), ("tokens", settings.tokens)) if not on]
     if _is_loopback(host) or not missing or settings.insecure:

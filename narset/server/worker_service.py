@@ -12,6 +12,7 @@ import grpc
 
 from narset.control.exchange import Exchange
 from narset.server.identity import CALLER
+from narset.server.metrics import Metrics
 from narset.v1 import job_pb2, worker_service_pb2_grpc
 from narset.v1 import worker_service_pb2 as pb
 
@@ -19,9 +20,10 @@ __all__ = ["WorkerService"]
 
 
 class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, exchange: Exchange, stale_session_s: float) -> None:
+    def __init__(self, exchange: Exchange, stale_session_s: float, metrics: Metrics) -> None:
         self._exchange = exchange
         self._stale_session_s = stale_session_s
+        self._exchange_seconds = metrics.exchange_seconds
 
     def Attach(self, request: pb.AttachRequest, context: grpc.aio.ServicerContext) -> pb.AttachResponse:
         caller = CALLER.get()
@@ -30,12 +32,14 @@ class WorkerService(worker_service_pb2_grpc.WorkerServiceServicer):
             silent_s = time.time() - job.last_seen_at.ToNanoseconds() / 1e9
             return caller.may_take_over(job.job_id, silent_s, self._stale_session_s)
 
-        return self._exchange.attach(request, may_take_over)
+        with self._exchange_seconds.labels("attach").time():
+            return self._exchange.attach(request, may_take_over)
 
     def ReportBoundary(
         self, request: pb.ReportBoundaryRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportBoundaryResponse:
-        return self._exchange.report(request)
+        with self._exchange_seconds.labels("report").time():
+            return self._exchange.report(request)
 
     def Detach(self, request: pb.DetachRequest, context: grpc.aio.ServicerContext) -> pb.DetachResponse:
         self._exchange.detach(request)

@@ -8,7 +8,8 @@ server's event-loop thread only.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -37,6 +38,8 @@ class Store:
     def __init__(self, connection: sqlite3.Connection, path: str) -> None:
         self._db = connection
         self.path = path
+        # Called with the seconds each COMMIT took (the server's metrics set it; the store stays plain).
+        self.on_commit: Callable[[float], None] | None = None
 
     @classmethod
     def open(cls, path: str | Path, synchronous: str = "normal") -> Store:
@@ -100,7 +103,10 @@ class Store:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        started = time.perf_counter()
         self._db.execute("COMMIT")
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
 
     def _one(self, message: type[M], query: str, params: tuple = ()) -> M | None:
         """The message in the `body` column of the query's first row, if any."""
