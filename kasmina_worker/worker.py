@@ -34,6 +34,7 @@ from kasmina_worker.measure.gate_meter import GateConfig, GateMeter, eval_mode
 from kasmina_worker.parallel.distributed import (
     DistributedConfig,
     broadcast_commands,
+    broadcast_seed_buffers,
     check_agreement,
     rank_info,
     reduce_measures,
@@ -236,6 +237,7 @@ class KasminaWorker:
         events = self._collect_trips()
         if self._runtime.live:
             self._rebuilder.unwrap_if_sharded()
+            broadcast_seed_buffers([live.module.seed for live in self._runtime.live.values()], self._rank)
         measures = self._meter.measure(self._runtime.live, self._steps)
         probe, gates = reduce_measures(measures.probe_loss, measures.gates, self._rank), measures.gates
         report = self._report(k, step, metrics or {}, probe, gates, events)

@@ -9,6 +9,8 @@ Every rank calls `checkpoint` at the same boundary (docs/design.md, section 3). 
   must prune the scaffold on every rank, or the module trees would diverge.
 * `reduce_measures`: probe measurements run on all ranks in lockstep and are gathered, so rank 0
   reports the global probe loss and gate telemetry.
+* `broadcast_seed_buffers`: the live seeds' buffers (a conv_branch's BatchNorm running statistics)
+  become rank 0's before anything reads them at the boundary, so gates and folds agree on every rank.
 * `check_agreement`: every rank's module-tree digest and applied-command digest are gathered and
   compared; a disagreement raises `RankDisagreement` naming the ranks and the first differences,
   on every rank at once (never a hang, never silent divergence).
@@ -35,6 +37,7 @@ __all__ = [
     "RankDisagreement",
     "RankInfo",
     "broadcast_commands",
+    "broadcast_seed_buffers",
     "check_agreement",
     "rank_info",
     "reduce_measures",
@@ -116,6 +119,20 @@ def broadcast_commands(
     payload: list = [[c.SerializeToString() for c in commands]] if info.leader else [None]
     dist.broadcast_object_list(payload, src=_global_leader(info), group=info.group, device=_device(info))
     return [command_pb2.AdaptationCommand.FromString(raw) for raw in payload[0]]
+
+
+def broadcast_seed_buffers(seeds: Sequence[nn.Module], info: RankInfo) -> None:
+    """Give every rank rank 0's buffers of `seeds` (the same seeds, in the same order, on every rank).
+
+    A BatchNorm updates its running statistics from each rank's own micro-batches. DDP overwrites
+    them with rank 0's at every forward (`broadcast_buffers`), FSDP2 never does; a fold writes them
+    into the host, so without this the ranks would fold different kernels. Rank 0's, as under DDP.
+    """
+    if not info.distributed:
+        return
+    for seed in seeds:
+        for buffer in seed.buffers():
+            dist.broadcast(buffer, src=_global_leader(info), group=info.group)
 
 
 def reduce_trips(trips: Sequence[Trip], info: RankInfo) -> list[Trip]:
