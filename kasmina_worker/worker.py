@@ -70,6 +70,9 @@ class WorkerConfig:
     """Bounds on gate measurement (see `kasmina_worker.measure.gate_meter`)."""
     clock: Callable[[], float] = time.perf_counter
     """Monotonic clock (seconds) that G5's step time is measured with; tests pass a fake one."""
+    autocast: torch.dtype | None = None
+    """The dtype the training's autocast computes in (e.g. `torch.bfloat16`); None without autocast. A fold's
+    parity is then measured under autocast to it as well as without, both in the fold's result message."""
 
     def __post_init__(self) -> None:
         if self.probe_batches < 1:
@@ -128,7 +131,12 @@ class KasminaWorker:
             self.attach_scheduler(scheduler)
         job_regions = _regions(regions)
         self._applier = CommandApplier(
-            self._runtime, job, job_regions, on_exit=self._on_exit, site_inputs=self._site_inputs
+            self._runtime,
+            job,
+            job_regions,
+            on_exit=self._on_exit,
+            site_inputs=self._site_inputs,
+            autocast=self.config.autocast,
         )
         self._queue = LocalQueue()
         if narset is not None and transport is None and self._rank.leader:
@@ -252,6 +260,7 @@ class KasminaWorker:
         for sid, parity in self._applier.fold_parity.items():
             gates.setdefault(sid, telemetry_pb2.GateTelemetry()).foldability = 1.0 - parity
         self._applier.fold_parity.clear()
+        self._applier.autocast_parity.clear()
         self._boundary = k
         self._configure_teaching()
         check_agreement(self._root, self._applier.applied, k, self._rank, self._dist_config)

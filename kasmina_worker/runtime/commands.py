@@ -63,10 +63,13 @@ class CommandApplier:
         regions: Sequence[job_pb2.Region],
         on_exit: Callable[[LiveScaffold, int], None],
         site_inputs: Callable[[str], list[torch.Tensor]],
+        autocast: torch.dtype | None = None,
     ) -> None:
         self.runtime = runtime
         self.site_inputs = site_inputs
+        self.autocast = autocast
         self.fold_parity: dict[str, float] = {}
+        self.autocast_parity: dict[str, float] = {}
         self.job = job
         self.regions = list(regions)
         self.on_exit = on_exit
@@ -236,9 +239,7 @@ class CommandApplier:
         # sunset_ckpts 0 exits where alpha is, so a router fold's parity gap is measured, not ramped away.
         if target is None or alpha == target or live.schedule.config.sunset == 0:
             self._exit_now(live, kind, boundary)
-            parity = self.fold_parity.get(live.scaffold_id)
-            measured = "" if parity is None else f", site parity rel err {parity:.3g}"
-            return f"{kind} at alpha {alpha:.6g}{measured}"
+            return f"{kind} at alpha {alpha:.6g}{self._parity_note(live.scaffold_id)}"
         live.schedule.start_sunset(target)
         live.exit, live.exit_command = kind, command_id
         self.runtime.apply_schedule(live)
@@ -250,19 +251,24 @@ class CommandApplier:
 
     def _exit_now(self, live: LiveScaffold, kind: str, boundary: int) -> None:
         if kind == EXIT_FOLD:
-            # Measured in eval mode, as the gates are: a fold writes the eval-mode function (a BatchNorm
-            # branch's running statistics), and a train-mode pass would move those statistics first.
-            with eval_mode(self.runtime.root), torch.no_grad():
-                inputs = self.site_inputs(live.plan.module_name)
-                before = [live.module(x) for x in inputs]
+            inputs = self.site_inputs(live.plan.module_name)
+            before = self._site_outputs(live.module, inputs)
             try:
                 self.runtime.fold(live, boundary)
             except FoldError as error:
                 raise Rejected("fold.scaffold", str(error)) from None
             if inputs:
-                with eval_mode(self.runtime.root), torch.no_grad():
-                    after = [live.module.host(x) for x in inputs]
-                self.fold_parity[live.scaffold_id] = relative_change(before, after)
+                after = self._site_outputs(live.module.host, inputs)
+                self.fold_parity[live.scaffold_id] = relative_change(before[0], after[0])
+                if self.autocast is not None:
+                    self.autocast_parity[live.scaffold_id] = relative_change(before[1], after[1])
+                log.info(
+                    "fold_parity",
+                    job=self.job,
+                    scaffold_id=live.scaffold_id,
+                    parity=self.fold_parity[live.scaffold_id],
+                    autocast_parity=self.autocast_parity.get(live.scaffold_id),
+                )
             stage = telemetry_pb2.SCAFFOLD_STAGE_FUSED
         elif kind == EXIT_TRANSFER:
             # The host carries the seed's function only once weaned; removed before, the seed is pruned.
@@ -273,6 +279,28 @@ class CommandApplier:
             self.runtime.prune(live)
             stage = telemetry_pb2.SCAFFOLD_STAGE_PRUNED
         self.on_exit(live, stage)
+
+    def _site_outputs(self, forward: nn.Module, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """`forward` on the probe's site inputs as they are and, when the training autocasts, under autocast
+        to its dtype. Eval mode, as the gates: a fold writes the eval-mode function (a BatchNorm branch's
+        running statistics), and a train-mode pass would move those statistics first."""
+        with eval_mode(self.runtime.root), torch.no_grad():
+            outputs = [[forward(x) for x in inputs]]
+            if self.autocast is not None:
+                with torch.autocast(inputs[0].device.type if inputs else "cpu", dtype=self.autocast):
+                    outputs.append([forward(x) for x in inputs])
+        return outputs
+
+    def _parity_note(self, scaffold_id: str) -> str:
+        """The measured fold parity for a result message (also under autocast when measured); "" without."""
+        parity = self.fold_parity.get(scaffold_id)
+        if parity is None:
+            return ""
+        note = f", site parity rel err {parity:.3g}"
+        autocast = self.autocast_parity.get(scaffold_id)
+        if autocast is not None:
+            note += f" without autocast, {autocast:.3g} under {str(self.autocast).removeprefix('torch.')} autocast"
+        return note
 
     def finish_sunset(self, live: LiveScaffold, boundary: int) -> telemetry_pb2.CommandResult | None:
         """Take a pending exit whose sunset has arrived; a failed fold becomes a prune."""
