@@ -164,16 +164,20 @@ class Guard(grpc.aio.ServerInterceptor):
             try:
                 return self._run(call, behavior, self._admit(call, method, raw, context), context)
             except Refusal as refusal:
-                code = refusal.status
+                # Counted before the abort: the status reaches the client as the abort is awaited.
+                self._metrics.rpc_done(method.name, refusal.status, time.perf_counter() - started)
+                code = None
                 await self._refuse(call, context, refusal)
             except grpc.aio.AbortError:
                 code = context.code()  # the status the method aborted with
                 raise
             except Exception:
-                code = grpc.StatusCode.INTERNAL
+                self._metrics.rpc_done(method.name, grpc.StatusCode.INTERNAL, time.perf_counter() - started)
+                code = None
                 await self._fail(call, context)
             finally:
-                self._metrics.rpc_done(method.name, code, time.perf_counter() - started)
+                if code is not None:
+                    self._metrics.rpc_done(method.name, code, time.perf_counter() - started)
 
         return guarded
 
@@ -185,7 +189,9 @@ class Guard(grpc.aio.ServerInterceptor):
                 async for response in behavior(self._admit(call, method, raw, context), context):
                     yield response
             except Refusal as refusal:
-                code = refusal.status
+                # Counted before the abort: the status reaches the client as the abort is awaited.
+                self._metrics.rpc_done(method.name, refusal.status, time.perf_counter() - started)
+                code = None
                 await self._refuse(call, context, refusal)
             except grpc.aio.AbortError:
                 code = context.code()  # the status the method aborted with
@@ -194,9 +200,11 @@ class Guard(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.CANCELLED  # the client went away (a watch stream ends so)
                 raise
             except Exception:
-                code = grpc.StatusCode.INTERNAL
+                self._metrics.rpc_done(method.name, grpc.StatusCode.INTERNAL, time.perf_counter() - started)
+                code = None
                 await self._fail(call, context)
             finally:
-                self._metrics.rpc_done(method.name, code, time.perf_counter() - started)
+                if code is not None:
+                    self._metrics.rpc_done(method.name, code, time.perf_counter() - started)
 
         return guarded
