@@ -343,7 +343,10 @@ def cmd_health(client: NarsetClient, args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from narset_demo.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(steps_per_boundary=args.steps_per_boundary, max_boundaries=args.max_boundaries), args.json)
+    config = DemoConfig(
+        steps_per_boundary=args.steps_per_boundary, max_boundaries=args.max_boundaries, seeds=args.seeds
+    )
+    run_demo(config, args.json)
     return EXIT_OK
 
 
@@ -389,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole loop on scikit-learn's digits with an embedded Narset")
     demo.add_argument("--json", action="store_true", help="print one JSON document instead of progress and tables")
     demo.add_argument("--steps-per-boundary", type=int, default=20, help="training steps between boundaries")
-    demo.add_argument("--max-boundaries", type=int, default=40, help="stop after this many boundaries")
+    demo.add_argument("--max-boundaries", type=int, default=30, help="training intervals (boundaries after the first)")
+    demo.add_argument("--seeds", type=int, default=5, help="runs per condition; the first is shown in full")
 
     def query(name: str, handler, help_text: str, job: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text)
