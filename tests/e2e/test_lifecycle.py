@@ -7,9 +7,11 @@ from e2e_testing import TrainingJob, cli_deploy, cli_json, narset_cli
 
 pytestmark = pytest.mark.slow
 
-# Lenient on the noisy measures of a 2-core shared machine (step time) and on G2, which these short
-# runs cannot earn; the thresholds are per deploy, and the tests check the mechanics they drive.
-LENIENT = ["--gamma", "-1", "--step-time-max", "100"]
+# Lenient on the noisy measures of a 2-core shared machine (step time), on G2, which these short
+# runs cannot earn, and on G4's jitter: with the host training jointly, this job's minibatch losses
+# move by about 6% per step (measured 0.060 against the default 0.05). The thresholds are per deploy,
+# and the tests check the mechanics they drive; the gates' own behaviour is tested in tests/kasmina.
+LENIENT = ["--gamma", "-1", "--step-time-max", "100", "--jitter-max", "0.5"]
 
 
 def run_until(job: TrainingJob, done, limit: int = 40) -> list[dict]:
@@ -130,6 +132,7 @@ def test_auto_policy_deploys_at_an_engineered_plateau(narset_server, job):
     assert seen[-1]["results"][0]["id"].startswith("auto.run-7.b")
     [decision] = cli_json(address, "decisions", "run-7")["decisions"]
     assert decision["outcome"] == "DECISION_OUTCOME_DEPLOY" and decision["issued_by"] == "policy:tactical"
-    assert decision["reason"].startswith("plateau: probe loss changed")
+    # The plateau now needs the training loss flat as well as the validation (probe) loss.
+    assert decision["reason"].startswith("plateau: train_loss changed") and "probe loss" in decision["reason"]
     assert "plateau" in narset_cli(address, "decisions", "run-7").stdout
     assert job.stop() == 0
