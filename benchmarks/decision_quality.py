@@ -38,6 +38,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -454,6 +455,7 @@ def summarize(results: Sequence[CaseResult], seconds: float, quick: bool, worker
         "oracle_matches_engineered": sum(r.oracle == r.case.engineered for r in results),
         "ties": sum(r.margin is not None and r.margin < TIE for r in results),
         "load_average": round(os.getloadavg()[0], 1),
+        "cpu_seconds": round(_children_cpu_seconds()),
         "mean_test_loss": {
             "narset": statistics.fmean(narset_loss) if narset_loss else None,
             "oracle": statistics.fmean(oracle_loss) if oracle_loss else None,
@@ -461,6 +463,12 @@ def summarize(results: Sequence[CaseResult], seconds: float, quick: bool, worker
         },
         "rows": [_row(r) for r in results],
     }
+
+
+def _children_cpu_seconds() -> float:
+    """CPU time of every process the study ran and waited for (jobs, their links, Narset)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -504,7 +512,8 @@ def render(summary: dict, command: str) -> str:
         "",
         f"Measured by `{command}` ({summary['cases']} engineered cases, {summary['workers']} jobs at a time, "
         f"{summary['seconds']:.0f} s in all at a load average of {summary['load_average']:g} on "
-        f"{os.cpu_count()} cores). Method in the script's docstring: small regression MLPs "
+        f"{os.cpu_count()} cores, {summary['cpu_seconds']} CPU seconds). Method in the script's docstring: "
+        "small regression MLPs "
         "with a frozen middle layer, one Narset, one tactical policy (plateau trigger, rank-16 LoRA); "
         "*crippled* cases (the frozen layer cut to rank 1, 2 or 4: a fold repairs it; half with only the "
         "head training, half with the input layer too) and *corrupted* cases (a teaching term trains the "

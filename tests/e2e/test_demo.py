@@ -14,8 +14,7 @@ EXITS = ("DECISION_OUTCOME_FUSE", "DECISION_OUTCOME_PRUNE")
 
 
 def test_demo_json_shows_warm_start_gates_exits_and_both_baselines():
-    """The demo exits 0 without a Python warning; its document shows the warm start, the alpha schedule, every gate,
-    Narset's exits at the set boundary, and the host against both baselines, seed by seed."""
+    """Without a warning the demo shows the warm start, alpha, gates, exits at the set boundary and both baselines."""
     done = subprocess.run(
         # 3 seeds (the default is 5) keep the test within a minute on a busy 2-core machine.
         [sys.executable, "-m", "narset", "demo", "--json", "--seeds", "3"],
