@@ -9,7 +9,7 @@ import contextlib
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from dist_testing import MLP, all_ranks_equal, batch, deploy, on, schedule, write_result
+from dist_testing import MLP, all_ranks_equal, batch, deploy, on, release_process_group, schedule, write_result
 from torch._dynamo.backends.registry import lookup_backend
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -71,8 +71,8 @@ def main() -> None:
         args.out,
         {"compiles": compiles, "structural": structural, "rebuilds": worker.rebuilds, "alphas": alphas},
     )
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    release_process_group()

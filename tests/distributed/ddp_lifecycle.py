@@ -7,7 +7,17 @@ import argparse
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from dist_testing import MLP, all_ranks_equal, batch, deploy, max_rel_err, on, schedule, write_result
+from dist_testing import (
+    MLP,
+    all_ranks_equal,
+    batch,
+    deploy,
+    max_rel_err,
+    on,
+    release_process_group,
+    schedule,
+    write_result,
+)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -115,8 +125,8 @@ def main() -> None:
     except RankDisagreement as error:
         result["applied_error"] = str(error)
     write_result(args.out, result)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    release_process_group()

@@ -6,14 +6,17 @@ goes and rank 0 writes its measurements to a JSON file that the pytest test read
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  (before init_process_group; see release_process_group)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kasmina"))
 from kasmina_testing import MLP, deploy, max_rel_err, on, schedule  # noqa: E402
@@ -25,6 +28,7 @@ __all__ = [
     "deploy",
     "max_rel_err",
     "on",
+    "release_process_group",
     "run_torchrun",
     "schedule",
     "write_result",
@@ -70,3 +74,27 @@ def write_result(path: str, result: dict) -> None:
     if dist.get_rank() == 0:
         Path(path).write_text(json.dumps(result, indent=1))
     dist.barrier()
+
+
+def release_process_group() -> None:
+    """Destroy the default process group after `main()` returned; raise unless that freed it.
+
+    Only freeing the group joins gloo's worker threads, and one still running at interpreter exit
+    aborts the process ("terminate called without an active exception") when it drops a finished
+    collective's tensors. DDP holds the group from reference cycles (hence the collection), FSDP's
+    device mesh from DTensor's caches. (`torch.distributed.nn`, imported above, would hold it through
+    its `group=group.WORLD` defaults if first imported after init_process_group, as dynamo does.)
+    """
+    from torch.distributed.tensor import debug
+    from torch.distributed.tensor._collective_utils import MeshTopoInfo
+    from torch.distributed.tensor._redistribute import _gen_transform_infos, clear_redistribute_planner_cache
+
+    group = weakref.ref(dist.group.WORLD)
+    debug._clear_sharding_prop_cache()
+    clear_redistribute_planner_cache()
+    _gen_transform_infos.cache_clear()
+    MeshTopoInfo.build_from_mesh.cache_clear()
+    gc.collect()
+    dist.destroy_process_group()
+    if group() is not None:
+        raise RuntimeError("the default process group outlived destroy_process_group: something still holds it")

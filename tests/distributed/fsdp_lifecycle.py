@@ -9,7 +9,7 @@ import hashlib
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from dist_testing import MLP, batch, deploy, max_rel_err, on, schedule, write_result
+from dist_testing import MLP, batch, deploy, max_rel_err, on, release_process_group, schedule, write_result
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -117,8 +117,8 @@ def main() -> None:
     result["optimizer_params"] = sum(len(g["params"]) for g in optimizer.param_groups)
     result["rebuilds"] = worker.rebuilds
     write_result(args.out, result)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    release_process_group()
