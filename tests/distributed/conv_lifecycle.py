@@ -9,7 +9,7 @@ import hashlib
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from dist_testing import all_ranks_equal, deploy, max_rel_err, on, schedule, write_result
+from dist_testing import all_ranks_equal, deploy, max_rel_err, on, release_process_group, schedule, write_result
 from kasmina_testing import IMAGE, ConvNet
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
@@ -126,8 +126,8 @@ def main() -> None:
     result["applied"] = list(worker.applied_command_ids)
     result["rebuilds"] = worker.rebuilds
     write_result(args.out, result)
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    release_process_group()
