@@ -13,19 +13,19 @@ talks to Narset, the worker broadcasts the commands. `--out` makes rank 0 write 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn  # noqa: F401  (before init_process_group; see release_process_group)
+import torch.distributed.nn  # noqa: F401  (before init_process_group: see release_process_group)
 import torch.nn.functional as F
 from torch import nn
 
 from kasmina_worker import KasminaWorker
 from kasmina_worker.parallel import dcp
+from kasmina_worker.parallel.distributed import release_process_group
 from narset.v1 import command_pb2
 
 
@@ -76,27 +76,6 @@ def make_wrap(kind: str, compiled: bool):
         return torch.compile(model) if compiled else model
 
     return wrap if kind != "none" or compiled else None
-
-
-def release_process_group() -> None:
-    """Destroy the default process group and free it, which joins gloo's worker threads.
-
-    One still running at interpreter exit aborts the process ("terminate called without an active
-    exception") when it drops a finished collective's tensors. Call it once the model, optimiser and
-    worker are gone: DDP holds the group from reference cycles (hence the collection), FSDP's device
-    mesh from DTensor's caches. (`torch.distributed.nn`, imported at the top, would hold it through
-    its `group=group.WORLD` defaults if first imported after init_process_group, as dynamo does.)
-    """
-    from torch.distributed.tensor import debug
-    from torch.distributed.tensor._collective_utils import MeshTopoInfo
-    from torch.distributed.tensor._redistribute import _gen_transform_infos, clear_redistribute_planner_cache
-
-    debug._clear_sharding_prop_cache()
-    clear_redistribute_planner_cache()
-    _gen_transform_infos.cache_clear()
-    MeshTopoInfo.build_from_mesh.cache_clear()
-    gc.collect()
-    dist.destroy_process_group()
 
 
 def main() -> None:

@@ -20,7 +20,9 @@ With no process group (or a world of 1) every function is the identity and costs
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +44,7 @@ __all__ = [
     "rank_info",
     "reduce_measures",
     "reduce_trips",
+    "release_process_group",
     "tree_entries",
 ]
 
@@ -237,3 +240,27 @@ def reduce_measures(probe: float | None, gates: dict[str, telemetry_pb2.GateTele
             if values:
                 setattr(telemetry, fd.name, max(values) if fd.name in _WORST_OF else sum(values) / len(values))
     return sum(probes) / len(probes) if probes else None
+
+
+def release_process_group() -> bool:
+    """Destroy the default process group and free it; True when nothing holds it any more.
+
+    Call it at the end of a job, once the model, optimiser and worker are gone. Only freeing a gloo
+    group joins its worker threads, and one still running at interpreter exit aborts the process
+    ("terminate called without an active exception") when it drops a finished collective's tensors.
+    DDP holds the group from reference cycles (hence the collection), FSDP2's device mesh from
+    DTensor's caches (private to torch, hence cleared by name). Import `torch.distributed.nn` before
+    `init_process_group`: imported later (dynamo does), its `group=group.WORLD` defaults hold it.
+    """
+    from torch.distributed.tensor import debug
+    from torch.distributed.tensor._collective_utils import MeshTopoInfo
+    from torch.distributed.tensor._redistribute import _gen_transform_infos, clear_redistribute_planner_cache
+
+    group = weakref.ref(dist.group.WORLD)
+    debug._clear_sharding_prop_cache()
+    clear_redistribute_planner_cache()
+    _gen_transform_infos.cache_clear()
+    MeshTopoInfo.build_from_mesh.cache_clear()
+    gc.collect()
+    dist.destroy_process_group()
+    return group() is None

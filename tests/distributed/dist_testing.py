@@ -6,12 +6,10 @@ goes and rank 0 writes its measurements to a JSON file that the pytest test read
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import subprocess
 import sys
-import weakref
 from pathlib import Path
 
 import torch
@@ -20,6 +18,8 @@ import torch.distributed.nn  # noqa: F401  (before init_process_group; see relea
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kasmina"))
 from kasmina_testing import MLP, deploy, max_rel_err, on, schedule  # noqa: E402
+
+from kasmina_worker.parallel import distributed  # noqa: E402
 
 __all__ = [
     "MLP",
@@ -77,24 +77,6 @@ def write_result(path: str, result: dict) -> None:
 
 
 def release_process_group() -> None:
-    """Destroy the default process group after `main()` returned; raise unless that freed it.
-
-    Only freeing the group joins gloo's worker threads, and one still running at interpreter exit
-    aborts the process ("terminate called without an active exception") when it drops a finished
-    collective's tensors. DDP holds the group from reference cycles (hence the collection), FSDP's
-    device mesh from DTensor's caches. (`torch.distributed.nn`, imported above, would hold it through
-    its `group=group.WORLD` defaults if first imported after init_process_group, as dynamo does.)
-    """
-    from torch.distributed.tensor import debug
-    from torch.distributed.tensor._collective_utils import MeshTopoInfo
-    from torch.distributed.tensor._redistribute import _gen_transform_infos, clear_redistribute_planner_cache
-
-    group = weakref.ref(dist.group.WORLD)
-    debug._clear_sharding_prop_cache()
-    clear_redistribute_planner_cache()
-    _gen_transform_infos.cache_clear()
-    MeshTopoInfo.build_from_mesh.cache_clear()
-    gc.collect()
-    dist.destroy_process_group()
-    if group() is not None:
+    """Destroy and free the default process group after `main()` returned; raise if something still holds it."""
+    if not distributed.release_process_group():
         raise RuntimeError("the default process group outlived destroy_process_group: something still holds it")
