@@ -4,7 +4,10 @@ Starts an embedded Narset (`narset serve` as a child process on a free loopback 
 database), trains the evidence harness's digits MLP (`benchmarks/ml_effect.py`: scikit-learn's
 bundled 8x8 digits, 64 -> 16 -> 10, Adam) with a KasminaWorker attached, and turns the tactical
 policy on with a warm start: once the job has trained one interval, Narset deploys a full-rank
-LoRA on both Linears, and its gates decide their exits 5/6 of the way through. Every boundary of
+LoRA on both Linears, and its gates decide their exits 5/6 of the way through. That is the
+harness's "best guess", the configuration its evidence supports best (docs/evidence.md, digits-mlp:
+the one condition ahead of both baselines, within noise; every condition whose exits Narset
+decided there was pruned, by G4's jitter on minibatch losses, see below). Every boundary of
 the first seed is shown. Then the same run on more seeds, and the host left after the exits
 against two baselines trained without Kasmina from the same initialisation: one with the same
 hyperparameters, one whose learning rate was retuned on the validation split. Mean, standard
