@@ -49,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
+import evidence_doc  # benchmarks/evidence_doc.py, beside this script
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -559,14 +560,7 @@ def render(summary: dict, command: str) -> str:
 
 def write_section(text: str, path: Path = EVIDENCE) -> None:
     """Replace this benchmark's marked section of `path` (append it when absent); the rest is left alone."""
-    current = path.read_text(encoding="utf-8") if path.exists() else "# Evidence\n"
-    if START in current and END in current:
-        head, rest = current.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        updated = head + text + ("\n" + tail if tail else "")
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    path.write_text(updated, encoding="utf-8")
+    evidence_doc.write_section(text, path, START, END)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,6 +34,7 @@ from functools import cache
 from multiprocessing import get_context
 from pathlib import Path
 
+import evidence_doc  # benchmarks/evidence_doc.py, beside this script
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -951,14 +952,7 @@ def render_markdown(results: dict, command: str, figure: str) -> str:
 
 def write_section(text: str, path: Path) -> None:
     """Replace this harness's marked section of `path` (append it when absent); the rest is left alone."""
-    current = path.read_text(encoding="utf-8") if path.exists() else "# Evidence\n"
-    if START in current and END in current:
-        head, rest = current.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        updated = head + text + ("\n" + tail if tail else "")
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    path.write_text(updated, encoding="utf-8")
+    evidence_doc.write_section(text, path, START, END)
 
 
 def plot_curves(results: dict, path: Path) -> None:

@@ -20,6 +20,7 @@ def _harness() -> ModuleType:
     """benchmarks/ml_effect.py as a module (benchmarks/ is not a package)."""
     spec = importlib.util.spec_from_file_location("ml_effect", REPO / "benchmarks" / "ml_effect.py")
     module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "benchmarks"))  # its sibling evidence_doc, as when run as a script
     sys.modules["ml_effect"] = module  # dataclasses resolve their module by name
     spec.loader.exec_module(module)
     return module
