@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Any
 
 import structlog
 import torch
@@ -73,12 +74,37 @@ class WorkerConfig:
     autocast: torch.dtype | None = None
     """The dtype the training's autocast computes in (e.g. `torch.bfloat16`); None without autocast. A fold's
     parity is then measured under autocast to it as well as without, both in the fold's result message."""
+    batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None = None
+    """The probe loss of one probe batch, `batch_loss(model, batch) -> scalar`, for batches of any form (a
+    Hugging Face dict with `input_ids`, `attention_mask`, `labels`: `lambda m, b: m(**b).loss`); instead of
+    the worker's `loss_fn(model(x), y)`, which needs `(x, y)` batches."""
 
     def __post_init__(self) -> None:
         if self.probe_batches < 1:
             raise ValueError(f"probe_batches must be >= 1, got {self.probe_batches}")
         if not self.narset_timeout_s > 0:
             raise ValueError(f"narset_timeout_s must be > 0, got {self.narset_timeout_s}")
+
+
+def _probe_loss_of(
+    probe: Sequence[Any],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    batch_loss: Callable[[nn.Module, Any], torch.Tensor] | None,
+) -> Callable[[nn.Module, Any], torch.Tensor] | None:
+    """One probe batch's loss as `f(model, batch)`: `batch_loss`, or `loss_fn` on an `(x, y)` pair."""
+    if batch_loss is not None:
+        if loss_fn is not None:
+            raise ValueError("give loss_fn (for (x, y) batches) or config.batch_loss (any batch), not both")
+        return batch_loss
+    for i, batch in enumerate(probe):
+        if not (isinstance(batch, Sequence) and len(batch) == 2):
+            raise ValueError(
+                f"probe batch {i} is a {type(batch).__name__}, not an (x, y) pair: "
+                "give WorkerConfig(batch_loss=lambda model, batch: ...) for batches of another form"
+            )
+    if loss_fn is None:
+        return None
+    return lambda model, batch: loss_fn(model(batch[0]), batch[1])
 
 
 def _regions(regions: Sequence[job_pb2.Region] | Mapping[str, Sequence[str]] | None) -> list[job_pb2.Region]:
@@ -98,7 +124,7 @@ class KasminaWorker:
         optimizer: torch.optim.Optimizer,
         job: str,
         narset: str | None = None,
-        probe: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        probe: Iterable[Any] | None = None,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         regions: Sequence[job_pb2.Region] | Mapping[str, Sequence[str]] | None = None,
         wrap: Callable[[nn.Module], nn.Module] | None = None,
@@ -121,7 +147,9 @@ class KasminaWorker:
         self._root = model
         self._optimizer = optimizer
         self._probe = list(islice(probe, self.config.probe_batches)) if probe is not None else []
-        self._loss_fn = loss_fn
+        batch_loss = _probe_loss_of(self._probe, loss_fn, self.config.batch_loss)
+        # A fold's parity needs only the site inputs: one forward per probe batch, with or without a loss.
+        self._probe_forward = batch_loss or (lambda model, batch: model(batch[0]))
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self._steps = 0
         self._ring = StepLossRing(self.config.breakers.window, device)
@@ -145,7 +173,7 @@ class KasminaWorker:
         self._transport = transport
         self._teacher = Teacher(model, probe_losses)
         self._meter = GateMeter(
-            model, self._probe, loss_fn, self._ring, job_regions, self.config.gates, self.config.clock
+            model, self._probe, batch_loss, self._ring, job_regions, self.config.gates, self.config.clock
         )
         self._boundary = 0
         self._exits: list[telemetry_pb2.ScaffoldReport] = []
@@ -217,7 +245,7 @@ class KasminaWorker:
         return self._ring.since(self._runtime.live[scaffold_id].start_step)
 
     def probe_loss(self) -> float | None:
-        """Mean `loss_fn(model(x), y)` over the probe batches in eval mode; None without a probe."""
+        """Mean probe loss over the probe batches in eval mode; None without a probe or a loss function."""
         return self._meter.probe_loss()
 
     @torch.no_grad()
@@ -230,8 +258,8 @@ class KasminaWorker:
         handle = site.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
         try:
             with eval_mode(self._root):
-                for x, _ in self._probe:
-                    self._root(x)
+                for batch in self._probe:
+                    self._probe_forward(self._root, batch)
         finally:
             handle.remove()
         return seen

@@ -7,7 +7,8 @@ pass. It is deterministic given the model and the probe set and never communicat
 DDP every rank can run it in lockstep. A gate that cannot be measured (or is not finite) is left
 unset, which Narset judges a failure. Definitions, per live scaffold (docs/kasmina.md, "Gates"):
 
-* probe loss: mean of `loss_fn(model(x), y)` over the probe batches (also with nothing deployed).
+* probe loss: mean of `batch_loss(model, batch)` over the probe batches (also with nothing deployed);
+  for `(x, y)` batches the worker passes `loss_fn(model(x), y)`.
 * G1 `transfer_rel_delta = (P_exit − P_now) / |P_now|`, `P_exit` the probe loss with the scaffold
   replaced by its simulated exit module: the delta fold on a copy of the host (lora, dense_delta),
   the router fold on a copy (moe_expert), else (transfer exits, non-foldable policies, a pending
@@ -162,8 +163,8 @@ class GateMeter:
     def __init__(
         self,
         root: nn.Module,
-        probe: Sequence[tuple[torch.Tensor, torch.Tensor]],
-        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+        probe: Sequence[object],
+        batch_loss: Callable[[nn.Module, object], torch.Tensor] | None,
         ring: StepLossRing,
         regions: Sequence[job_pb2.Region],
         config: GateConfig | None = None,
@@ -172,7 +173,7 @@ class GateMeter:
         self.root = root
         self.clock = clock
         self.probe = list(probe)
-        self.loss_fn = loss_fn
+        self.batch_loss = batch_loss
         self.ring = ring
         self.config = config or GateConfig()
         self.regions = RegionTracker(root, regions)
@@ -185,9 +186,9 @@ class GateMeter:
     # ---- probe -----------------------------------------------------------------------------
 
     def _probe_mean(self) -> float | None:
-        if not self.probe or self.loss_fn is None:
+        if not self.probe or self.batch_loss is None:
             return None
-        losses = [self.loss_fn(self.root(x), y).float() for x, y in self.probe]
+        losses = [self.batch_loss(self.root, batch).float() for batch in self.probe]
         return float(torch.stack(losses).mean())
 
     @contextmanager
