@@ -41,7 +41,7 @@ from kasmina_worker.parallel.distributed import (
     reduce_measures,
     reduce_trips,
 )
-from kasmina_worker.parallel.rebuild import Rebuilder, local_tensors
+from kasmina_worker.parallel.rebuild import Rebuilder, full_state, local_tensors
 from kasmina_worker.runtime import state as state_io
 from kasmina_worker.runtime.commands import CommandApplier
 from kasmina_worker.runtime.lifecycle import LiveScaffold, ScaffoldRuntime
@@ -452,13 +452,16 @@ class KasminaWorker:
     # ---- checkpoint state ------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """The worker's state in primitives and tensors (`torch.load(weights_only=True)` safe)."""
+        """The worker's state in primitives and tensors (`torch.load(weights_only=True)` safe), live seeds'
+        tensors included (the model's own `state_dict` holds only the host's). Under FSDP2 every rank calls it."""
         state = state_io.build_state(
             job=self.job,
             boundary=self._boundary,
             steps=self._steps,
             applied=self._applier.applied,
-            scaffolds=[live.manifest() for live in self._runtime.live.values()],
+            scaffolds=[
+                {**live.manifest(), "seed_state": full_state(live.module.seed)} for live in self._runtime.live.values()
+            ],
             folds=[record.to_dict() for record in self._runtime.folds],
             growth=self._runtime.growth,
             group_order=seed_group_order(self._optimizer),
@@ -473,7 +476,8 @@ class KasminaWorker:
     def load_state_dict(self, state: Mapping) -> None:
         """Rebuild the scaffolds and optimiser groups of `state` on this (fresh) worker's model.
 
-        Call it before `model.load_state_dict(..., strict=True)` and `optimizer.load_state_dict`.
+        The live seeds' tensors come from `state`; the host's from the model's checkpoint, loaded before or
+        after this call (`model.load_state_dict(..., strict=True)`); `optimizer.load_state_dict` comes after.
         """
         if self._runtime.live or self._boundary:
             raise RuntimeError("load_state_dict needs a fresh worker (no boundary yet, nothing deployed)")
@@ -481,7 +485,8 @@ class KasminaWorker:
         self._rebuilder.unwrap_if_sharded()
         self._runtime.regrow(loaded.growth)
         for entry in loaded.scaffolds_in_group_order():
-            self._runtime.restore(entry, seed_state=None, optimizer_state=None)
+            # Checkpoints written before the seed left the model's state_dict have no seed_state: the model's has it.
+            self._runtime.restore(entry, seed_state=entry.get("seed_state"), optimizer_state=None)
         self._runtime.folds = loaded.folds
         self._applier.applied = list(loaded.applied)
         self._boundary = loaded.boundary

@@ -6,8 +6,13 @@ scaffolds, router-fold growth) and the optimiser's seed groups exist, and the mo
 structure, each rank reading its own shards.
 
 Layout of a checkpoint directory: DCP's files for `{"model": ..., "optim": ...}` (sharded for
-FSDP2, parameter names without wrapper prefixes, via `get_state_dict`), plus
-`kasmina_worker.pt`, the worker's manifest (written by rank 0; every rank reads it).
+FSDP2; the model's entries are the user model's own `state_dict`, the hosts' tensors under their
+original names, loaded in place; the optimiser's via `get_optimizer_state_dict`, keyed by parameter
+name), plus `kasmina_worker.pt`, the worker's manifest with the live seeds' full tensors (gathered
+on every rank, written by rank 0; every rank reads it).
+
+The model's entries bypass `get_state_dict`: it maps state keys to modules by attribute path, and
+a live scaffold's host entries (`fc1.weight`) are not attributes of the scaffold (`fc1.host.weight`).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import structlog
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from kasmina_worker.parallel.distributed import rank_info
 
@@ -36,10 +41,11 @@ MANIFEST = "kasmina_worker.pt"
 def save(path: str | Path, worker: KasminaWorker, optimizer: torch.optim.Optimizer) -> None:
     """Save model, optimiser and worker state at a boundary (call right after `checkpoint`)."""
     path = Path(path)
-    model_sd, optim_sd = get_state_dict(worker._root, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
+    optim_sd = get_optimizer_state_dict(worker._root, optimizer)
+    dcp.save({"model": worker._root.state_dict(), "optim": optim_sd}, checkpoint_id=str(path))
+    manifest = worker.state_dict()  # on every rank: the seeds' sharded tensors are gathered into it
     if rank_info().rank == 0:
-        torch.save(worker.state_dict(), path / MANIFEST)
+        torch.save(manifest, path / MANIFEST)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     log.info("dcp_saved", job=worker.job, boundary=worker.boundary, path=str(path))
@@ -49,8 +55,7 @@ def load(path: str | Path, worker: KasminaWorker, optimizer: torch.optim.Optimiz
     """Resume a fresh worker (same model, optimiser and `wrap` as at the start) from `path`."""
     path = Path(path)
     worker.load_state_dict(torch.load(path / MANIFEST, weights_only=True))
-    model_sd, optim_sd = get_state_dict(worker._root, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(worker._root, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    state = {"model": worker._root.state_dict(), "optim": get_optimizer_state_dict(worker._root, optimizer)}
+    dcp.load(state, checkpoint_id=str(path))  # the model's tensors share the parameters' storage: loaded in place
+    set_optimizer_state_dict(worker._root, optimizer, optim_state_dict=state["optim"])
     log.info("dcp_loaded", job=worker.job, boundary=worker.boundary, path=str(path))

@@ -34,6 +34,7 @@ from torch import nn
 __all__ = [
     "Rebuilder",
     "carry_optimizer_state",
+    "full_state",
     "is_compiled",
     "is_fully_sharded",
     "local_tensors",
@@ -221,3 +222,13 @@ def local_tensors(params: list[torch.Tensor]) -> list[torch.Tensor]:
     """
     dtensor = _dtensor_type()
     return [p.to_local() if dtensor is not None and isinstance(p, dtensor) else p for p in params]
+
+
+def full_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` as plain full tensors, cloned: each DTensor gathered (a collective under
+    FSDP2, so every rank calls it)."""
+    dtensor = _dtensor_type()
+    return {
+        name: (t.full_tensor() if dtensor is not None and isinstance(t, dtensor) else t).detach().clone()
+        for name, t in module.state_dict().items()
+    }

@@ -1,8 +1,8 @@
 """The worker's checkpoint state: a versioned manifest of primitives and tensors only.
 
 Loadable with `torch.load(path, weights_only=True)`. Protobuf messages are stored as their wire
-bytes. Seed tensors of live scaffolds are not duplicated here: they are in the model's
-state_dict, which the user loads after `worker.load_state_dict` has rebuilt the module tree.
+bytes. Each live scaffold's entry carries its seed's tensors (`seed_state`): the model's own
+state_dict holds only the host's, under their original names (kasmina_worker/seeds/scaffold.py).
 """
 
 from __future__ import annotations

@@ -9,7 +9,17 @@ import contextlib
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from dist_testing import MLP, all_ranks_equal, batch, deploy, on, release_process_group, schedule, write_result
+from dist_testing import (
+    MLP,
+    all_ranks_equal,
+    batch,
+    deploy,
+    module_tensors,
+    on,
+    release_process_group,
+    schedule,
+    write_result,
+)
 from torch._dynamo.backends.registry import lookup_backend
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -56,7 +66,7 @@ def main() -> None:
             structural += worker._runtime.structure_version != version
             fresh = fresh or worker.rebuilds != rebuilds
             alphas.append(next((s.alpha for s in summary.scaffolds if s.scaffold_id == "d1"), None))
-            assert not all_ranks_equal(dict(model.state_dict()))
+            assert not all_ranks_equal(module_tensors(model))
         # The one compile a rebuild allows happens at its first forward; every other step runs
         # under fail_on_recompile (alpha changes included).
         stance = contextlib.nullcontext() if fresh else torch.compiler.set_stance("fail_on_recompile")

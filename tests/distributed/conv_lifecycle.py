@@ -9,7 +9,16 @@ import hashlib
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from dist_testing import all_ranks_equal, deploy, max_rel_err, on, release_process_group, schedule, write_result
+from dist_testing import (
+    all_ranks_equal,
+    deploy,
+    max_rel_err,
+    module_tensors,
+    on,
+    release_process_group,
+    schedule,
+    write_result,
+)
 from kasmina_testing import IMAGE, ConvNet
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
@@ -46,7 +55,7 @@ def full(tensor: torch.Tensor) -> torch.Tensor:
 
 def state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer (seed BatchNorm statistics included) as a full tensor; collective under FSDP2."""
-    return {name: full(t).detach() for name, t in model.state_dict().items()}
+    return {name: full(t).detach() for name, t in module_tensors(model).items()}
 
 
 def digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -13,6 +13,7 @@ from dist_testing import (
     batch,
     deploy,
     max_rel_err,
+    module_tensors,
     on,
     release_process_group,
     schedule,
@@ -73,7 +74,7 @@ def main() -> None:
                 model.train()
         assert all(r.outcome == telemetry_pb2.COMMAND_OUTCOME_APPLIED for r in summary.results), summary.results
         changed = worker._runtime.structure_version != version
-        differing = all_ranks_equal(dict(model.state_dict()))
+        differing = all_ranks_equal(module_tensors(model))
         assert not differing, f"boundary {b}: ranks differ on {differing}"
         rows.append(
             {

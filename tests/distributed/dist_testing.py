@@ -6,6 +6,7 @@ goes and rank 0 writes its measurements to a JSON file that the pytest test read
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ __all__ = [
     "batch",
     "deploy",
     "max_rel_err",
+    "module_tensors",
     "on",
     "release_process_group",
     "run_torchrun",
@@ -51,6 +53,12 @@ def batch(step: int, rank: int, rows: int = 4, d_in: int = 12, d_out: int = 6) -
     """Rank `rank`'s deterministic micro-batch of `step` (independent of the global RNG)."""
     g = torch.Generator().manual_seed(10_000 * (rank + 1) + step)
     return torch.randn(rows, d_in, generator=g), torch.randn(rows, d_out, generator=g)
+
+
+def module_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by its name in the module tree: live seeds and alpha included, which
+    `state_dict()` leaves to the worker's state."""
+    return dict(itertools.chain(model.named_parameters(), model.named_buffers()))
 
 
 def all_ranks_equal(tensors: dict[str, torch.Tensor]) -> list[str]:
