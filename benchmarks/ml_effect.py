@@ -50,6 +50,9 @@ LM_SOURCES = ("argparse.py", "difflib.py", "textwrap.py", "heapq.py", "fractions
 ENDED = ("SCAFFOLD_STAGE_FUSED", "SCAFFOLD_STAGE_PRUNED")
 # docs/evidence.md holds one marked section per benchmark (benchmarks/decision_quality.py writes another).
 START, END = "<!-- ml-effect:start -->", "<!-- ml-effect:end -->"
+# Do no harm (issue 11's acceptance): vs the same-hyperparameter baseline, the 95% interval of the paired test
+# accuracy difference lies above -0.3 pp, or that of the test-loss difference below +1% of the baseline's loss.
+HARM_ACC_PP, HARM_LOSS_REL = -0.3, 0.01
 
 
 # ---- configuration ---------------------------------------------------------------------------
@@ -132,7 +135,7 @@ QUICK_TASKS = (replace(FULL_TASKS[0], steps_per_boundary=4, intervals=24),)
 def study_config(quick: bool, workers: int) -> StudyConfig:
     if quick:
         return StudyConfig(tasks=QUICK_TASKS, seeds=(0, 1), workers=workers, quick=True)
-    return StudyConfig(tasks=FULL_TASKS, seeds=(0, 1, 2, 3, 4), workers=workers)
+    return StudyConfig(tasks=FULL_TASKS, seeds=tuple(range(6)), workers=workers)
 
 
 def conditions(config: StudyConfig, task: TaskConfig, fits: dict[str, str]) -> list[Condition]:
@@ -379,6 +382,10 @@ class RunResult:
 
 
 def _rank(module: nn.Module) -> int:
+    """Full rank of the host's weight as a matrix: min(in, out), a Conv2d's input being its k×k patches."""
+    if isinstance(module, nn.Conv2d):
+        patch = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        return min(patch, module.out_channels)
     return min(module.in_features, module.out_features)
 
 
@@ -835,6 +842,27 @@ def _verdict_line(rows: list[dict]) -> str:
     )
 
 
+def _harm_line(rows: list[dict]) -> str:
+    """Each Narset-decided condition against the do-no-harm bound; and what beats the same-HP baseline."""
+    if not rows[1:]:
+        return ""
+    base_loss = statistics.fmean(rows[0]["loss_base"])
+    held, broken = [], []
+    for row in rows[1:]:
+        if row["condition"] == "best-guess":
+            continue
+        acc_low, loss_high = row["d_acc_same"]["low"] * 100, row["d_loss_same"]["high"] / base_loss * 100
+        verdict = f"{row['condition']} (acc low {acc_low:+.2f} pp, loss high {loss_high:+.2f}%)"
+        (held if acc_low > HARM_ACC_PP or loss_high < HARM_LOSS_REL * 100 else broken).append(verdict)
+    beats = [r["condition"] for r in rows[1:] if r["d_acc_same"]["low"] > 0 or r["d_loss_same"]["high"] < 0]
+    return (
+        f"Do no harm vs the same-HP baseline (accuracy interval above {HARM_ACC_PP} pp, or test-loss interval below "
+        f"+{HARM_LOSS_REL:.0%} of the baseline's loss): held by {', '.join(held) or 'none'}; "
+        f"not held by {', '.join(broken) or 'none'}. Better than the same-HP baseline (accuracy interval above 0 or "
+        f"loss interval below 0): {', '.join(beats) or 'none'}."
+    )
+
+
 def _exit_lines(rows: list[dict]) -> list[str]:
     lines = []
     for row in rows[1:]:
@@ -903,7 +931,8 @@ def render_markdown(results: dict, command: str, figure: str) -> str:
         "(`narset serve`, one server for the whole study) right after boundary 1, applied at boundary "
         f"{config['deploy_at']}; Narset decides every exit from the gates (FUSE / PRUNE / PERSIST) and the worker "
         "applies it. Blueprints the worker refuses are listed as not supported yet, with the refusal.",
-        "  - `best-guess`: LoRA at full rank (min(in, out) of each host), alpha at the micro warm level 0.5 from "
+        "  - `best-guess`: LoRA at full rank (min(in, out) of each host; min(in·k·k, out) for a k×k Conv2d), "
+        "alpha at the micro warm level 0.5 from "
         f"the deploy at boundary {config['deploy_at']}, seed learning rate = the host's (`lr_scale` 1), folded by "
         f"the harness (local command) at {config['best_guess_fraction']:.3g} of the run (the simulation of "
         "docs/design.md section 4).",
@@ -932,7 +961,7 @@ def render_markdown(results: dict, command: str, figure: str) -> str:
         lines += [f"#### {name}", ""]
         grid = [task["base_lr"] * f for f in config["lr_factors"]]
         lines += _task_table(name, rows, results["fits"][name], grid)
-        lines += ["", _verdict_line(rows)]
+        lines += ["", _verdict_line(rows), "", _harm_line(rows)]
         lines += ["", "Exits (all rates and seeds):", ""]
         lines += _exit_lines(rows) or ["- no scaffolded condition ran on this task"]
         lines.append("")

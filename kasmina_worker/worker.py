@@ -232,6 +232,8 @@ class KasminaWorker:
         """Add the teaching terms and record the step loss on-device; `loss` itself when idle."""
         self._steps += 1
         if not self._breakers.armed:
+            # Recorded idle too (one on-device copy, no sync): the job's own loss noise is G4's reference.
+            self._ring.record(loss)
             return loss
         self._breakers.observe(loss, self._steps - 1)
         if self._teacher.active:
@@ -417,7 +419,6 @@ class KasminaWorker:
                     module=live.module,
                     teaching=live.plan.policy.teaching,
                     stage=live.schedule.stage(),
-                    warm_level=live.schedule.config.warm_level,
                 )
                 for live in self._runtime.live.values()
             ]

@@ -31,7 +31,7 @@ def _clear_non_finite(message) -> None:
 
 def _drop_non_finite(report: worker_service_pb2.ReportBoundaryRequest) -> None:
     """Narset refuses a report carrying NaN/Inf; an unset value reads as unmeasured instead."""
-    for name in ("probe_loss", "step_time_ms"):
+    for name in ("probe_loss", "step_time_ms", "loss_noise", "loss_mean"):
         if report.HasField(name) and not math.isfinite(getattr(report, name)):
             report.ClearField(name)
     for name in [name for name, value in report.metrics.items() if not math.isfinite(value)]:

@@ -63,6 +63,7 @@ def scaffold_report(
         paused=schedule.state.paused,
         region=live.plan.region,
         seed_parameters=sum(p.numel() for p in live.module.seed.parameters()),
+        policy=live.plan.policy,
     )
     if gates is not None:
         report.gates.CopyFrom(gates)

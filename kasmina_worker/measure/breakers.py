@@ -66,8 +66,11 @@ class StepLossRing:
         self._slots = self.buffer.unbind()
         self.steps = 0
 
-    def record(self, value: torch.Tensor) -> torch.Tensor:
-        """Write a 0-dim fp32 step loss, NaN where it is not finite; returns the written slot."""
+    def record(self, loss: torch.Tensor) -> torch.Tensor:
+        """Write a step loss as a 0-dim fp32, NaN where it is not finite; returns the written slot."""
+        value = loss.detach()
+        if value.dim() or value.dtype != torch.float32:
+            value = value.reshape(()).float()
         slot = self._slots[self.steps % self.window]
         torch.nan_to_num(value, nan=math.nan, posinf=math.nan, neginf=math.nan, out=slot)
         self.steps += 1
@@ -151,15 +154,12 @@ class Breakers:
 
         Steps are observed one after another while armed; the cuts land after this step's backward.
         """
-        value = loss.detach()
-        if value.dim() or value.dtype != torch.float32:
-            value = value.reshape(()).float()
         if self.ring.steps >= self.config.min_history and not math.isinf(self.config.spike_factor):
             # From the mean of the window before this loss; an all-NaN window has none: no limit then.
             mean = torch.nanmean(self.ring.buffer, out=self._spike_limit)
             torch.add(mean, mean.abs(), alpha=self.config.spike_factor - 1, out=self._spike_limit)
             self._spike_limit.nan_to_num_(nan=NO_LIMIT)
-        recorded = self.ring.record(value)
+        recorded = self.ring.record(loss)
         norms = torch._foreach_norm(self._params) if self._params else ()
         checks = torch.stack([recorded, recorded, *norms]) <= self._limits
         self._alive.mul_(checks)

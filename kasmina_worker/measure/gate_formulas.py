@@ -15,6 +15,7 @@ __all__ = [
     "drift",
     "finite",
     "jitter_p95",
+    "loss_noise",
     "memory_fraction",
     "put",
     "relative_change",
@@ -36,13 +37,24 @@ def put(gates: telemetry_pb2.GateTelemetry, name: str, value: float | None) -> N
         setattr(gates, name, float(value))
 
 
-def jitter_p95(losses: torch.Tensor) -> float | None:
-    """p95 of `|L_t − L_{t−1}| / (|L_{t−1}| + 1e-6)` (linear interpolation); None with < 2 losses."""
+def _p95_of_changes(losses: torch.Tensor, relative: bool) -> float | None:
     values = losses.detach().double().cpu()
     if values.numel() < 2:
         return None
-    ratios = (values[1:] - values[:-1]).abs() / (values[:-1].abs() + JITTER_EPS)
-    return finite(float(torch.quantile(ratios, 0.95)))
+    changes = (values[1:] - values[:-1]).abs()
+    if relative:
+        changes = changes / (values[:-1].abs() + JITTER_EPS)
+    return finite(float(torch.quantile(changes, 0.95)))
+
+
+def jitter_p95(losses: torch.Tensor) -> float | None:
+    """p95 of `|L_t − L_{t−1}| / (|L_{t−1}| + 1e-6)` (linear interpolation); None with < 2 losses."""
+    return _p95_of_changes(losses, relative=True)
+
+
+def loss_noise(losses: torch.Tensor) -> float | None:
+    """p95 of `|L_t − L_{t−1}|` (linear interpolation), the job's own step noise; None with < 2 losses."""
+    return _p95_of_changes(losses, relative=False)
 
 
 def drift(losses: torch.Tensor, k: int) -> float | None:

@@ -21,6 +21,8 @@ unset, which Narset judges a failure. Definitions, per live scaffold (docs/kasmi
   features, a Conv2d site's channels (a constant feature counts as fully correlated); `host_diversity`,
   the same over the host's own output at the site on the same inputs (what the site had without the
   scaffold).
+* the job's own loss noise, every boundary whatever is deployed (G4's reference, judged by Narset):
+  `loss_noise`, p95 of `|L_t − L_{t−1}|` over the ring's window, and `loss_mean`, their mean.
 * G5 `step_time_ratio`: mean step time of this interval / that of the last interval before the
   deploy (kept per scaffold); `memory_fraction`: RSS / RAM (CPU) or allocated / total (CUDA).
 """
@@ -42,6 +44,7 @@ from kasmina_worker.measure.gate_formulas import (
     drift,
     finite,
     jitter_p95,
+    loss_noise,
     memory_fraction,
     put,
     relative_change,
@@ -81,11 +84,17 @@ class BoundaryMeasures:
     gates: dict[str, telemetry_pb2.GateTelemetry]
     step_time_ms: float | None
     region_signals: list[telemetry_pb2.RegionSignal] = field(default_factory=list)
+    loss_noise: float | None = None
+    """p95 of the step-to-step change of the step losses in the ring (G4's reference, judged by Narset)."""
+    loss_mean: float | None = None
+    """The mean of those step losses."""
 
     def fill(self, report: worker_service_pb2.ReportBoundaryRequest) -> None:
-        """Write the boundary-level measures (step time, region signals) into the report."""
-        if self.step_time_ms is not None:
-            report.step_time_ms = self.step_time_ms
+        """Write the boundary-level measures (step time, loss noise, region signals) into the report."""
+        for name in ("step_time_ms", "loss_noise", "loss_mean"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(report, name, value)
         report.region_signals.extend(self.region_signals)
 
 
@@ -260,8 +269,14 @@ class GateMeter:
                     put(telemetry, "step_time_ratio", step_time / baseline)
                 put(telemetry, "memory_fraction", memory)
                 self._exit_gates(telemetry, live, sites[sid], probe)
+        window = self.ring.since(0)
         return BoundaryMeasures(
-            probe_loss=probe, gates=gates, step_time_ms=finite(step_time), region_signals=self.regions.signals()
+            probe_loss=probe,
+            gates=gates,
+            step_time_ms=finite(step_time),
+            region_signals=self.regions.signals(),
+            loss_noise=loss_noise(window),
+            loss_mean=finite(float(window.double().mean())) if window.numel() else None,
         )
 
     def _stability(self, telemetry: telemetry_pb2.GateTelemetry, live: LiveScaffold, site: _Site) -> None:

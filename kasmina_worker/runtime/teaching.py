@@ -2,8 +2,12 @@
 
 Directions by stage (docs/design.md, section 4):
 * TRAIN_ISOLATED: the host teaches the seed. Student: the seed output s; teacher: h, detached.
-* DECAY (weaning): the seed teaches the host. Student: the host output h; teacher: the blend at
-  the warm level, `lerp(h, s, warm)`, detached.
+* DECAY (weaning): the seed teaches the host. Student: the host output h; teacher: the site's
+  output, the blend at the current alpha `lerp(h, s, alpha)`, detached. The teacher moves with
+  the student, so this is a push along the seed's contribution `alpha·(s − h)` on every step, with
+  no fixed point while alpha > 0; it fades as alpha reaches the floor. Its cost is measured in
+  docs/kasmina.md ("Teaching"): opt-in, since the task loss alone weans a jointly trained host,
+  and no built-in policy sets a teaching weight.
 * Other stages: no teaching.
 
 Terms: site distillation `w · MSE(student, teacher)` (free: both are computed by the forward);
@@ -51,7 +55,6 @@ class TeachingSite:
     module: Scaffold
     teaching: command_pb2.TeachingLosses
     stage: int
-    warm_level: float
 
     @property
     def site_terms(self) -> bool:
@@ -142,7 +145,7 @@ class Teacher:
             student, teacher = recorded.seed_out, recorded.host_out.detach()
         else:
             student = recorded.host_out
-            teacher = torch.lerp(recorded.host_out, recorded.seed_out, site.warm_level).detach()
+            teacher = torch.lerp(recorded.host_out, recorded.seed_out, site.module.alpha).detach()
         terms = []
         if t.site_distill_weight > 0:
             terms.append(t.site_distill_weight * F.mse_loss(student.float(), teacher.float()))

@@ -106,7 +106,10 @@ BUILTIN_BLUEPRINTS: tuple[job_pb2.Blueprint, ...] = (
     ),
     job_pb2.Blueprint(
         name="residual_mlp",
-        description="Non-linear MLP seed in parallel with the host; teaches the host, leaves at alpha 0.",
+        description=(
+            "Non-linear MLP seed in parallel with the host; weaned by the task loss (alpha decays to 0 while the "
+            "host trains jointly), leaves at alpha 0."
+        ),
         host_types=[ANY_HOST_TYPE],
         size_class=job_pb2.SIZE_CLASS_MESO,
         folds=[job_pb2.FOLD_KIND_TRANSFER],
@@ -114,7 +117,6 @@ BUILTIN_BLUEPRINTS: tuple[job_pb2.Blueprint, ...] = (
             ttl_ckpts=12,
             schedule=_schedule(2, 3, 7),
             exit_policy=command_pb2.EXIT_POLICY_PREFER_FUSE,
-            teaching=command_pb2.TeachingLosses(site_distill_weight=1.0),
         ),
         params=[_param("hidden", 64, 1, 65536, True, "hidden width of the seed MLP")],
     ),

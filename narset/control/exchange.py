@@ -17,6 +17,7 @@ from narset.contract import reasons
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
 from narset.contract.limits import BASE_ID_MAX, MAX_BOUNDARY
 from narset.contract.rules import protocol_error
+from narset.contract.scaffold_policy import effective_policy
 from narset.contract.stages import LIVE_STAGES
 from narset.control.credentials import digest, new_credential, same_digest
 from narset.control.decisions import DecisionEngine
@@ -351,6 +352,14 @@ class Exchange:
                 blueprint=report.blueprint,
                 region=report.region or report.module,
                 deployed_boundary=boundary,
+            )
+            # The policy it runs under; from a worker that reports none, the blueprint's defaults.
+            scaffold.policy.CopyFrom(
+                report.policy
+                if report.HasField("policy")
+                else effective_policy(
+                    self._store.get_blueprint(report.blueprint) or job_pb2.Blueprint(), command_pb2.ScaffoldPolicy()
+                )
             )
             scaffold.policy.ttl_ckpts = report.ttl_ckpts
         if scaffold.stage == telemetry_pb2.SCAFFOLD_STAGE_PENDING and report.stage in LIVE_STAGES:

@@ -5,7 +5,10 @@ job's stored reports. An unmeasured gate fails. Two gates are computed here from
 because only Narset holds the job's history: G2's residual gain (the pre-deploy probe-loss trend)
 and G5's step-time ratio, from the job's reported step times over the scaffold's whole life against
 those before its deploy (`step_time_statistic`): a wall-clock interval is at the mercy of whatever
-else the machine ran, so no single interval, before or after the deploy, may decide.
+else the machine ran, so no single interval, before or after the deploy, may decide. G4's jitter and
+drift limits also come from the reports: a mini-batch job's step loss is noisy whatever is
+deployed, so a scaffold fails them only by making the loss noisier than the job itself was before
+its deploy (`stability_limits`), never by the job's own noise.
 """
 
 from __future__ import annotations
@@ -25,11 +28,15 @@ from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
 __all__ = [
     "MIN_TREND_POINTS",
     "TREND_WINDOW",
+    "NOISE_FACTOR",
     "GateJudgement",
+    "JobNoise",
     "Reading",
     "judge",
     "judge_scaffold",
+    "job_noise",
     "residual_gain",
+    "stability_limits",
     "step_time_statistic",
     "trend_slope",
 ]
@@ -39,6 +46,8 @@ TREND_WINDOW = 5  # pre-deploy boundaries whose probe losses give G2's trend
 # boundaries of a training run fall steeply, so a secant extrapolated over a scaffold's life predicts
 # an improvement no run makes, and would fail every scaffold deployed that early (a warm start).
 MIN_TREND_POINTS = 3
+# G4 tolerates a live scaffold's step losses up to this many times the job's own pre-deploy noise.
+NOISE_FACTOR = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,37 @@ def step_time_statistic(before: Sequence[float], during: Sequence[float]) -> Rea
     return Reading(statistics.median_low(during) / statistics.median(before), len(during))
 
 
+class JobNoise(NamedTuple):
+    """The job's own step-loss noise before a deploy, and its mean step loss now (G4's reference)."""
+
+    step_change: float
+    """Median over the pre-deploy reports of their p95 of `|L_t − L_{t−1}|`."""
+    mean_loss: float
+    """The mean step loss of the latest report."""
+
+
+def job_noise(before: Sequence[float], latest_mean: float | None) -> JobNoise | None:
+    """The job's noise from the pre-deploy reports' `loss_noise` and the latest `loss_mean`; None if unreported."""
+    before = [v for v in before if math.isfinite(v) and v >= 0]
+    if not before or latest_mean is None or not math.isfinite(latest_mean) or latest_mean == 0:
+        return None
+    return JobNoise(statistics.median(before), latest_mean)
+
+
+def stability_limits(thresholds: command_pb2.GateThresholds, noise: JobNoise | None) -> tuple[float, float]:
+    """G4's jitter and drift limits: the policy's, or `NOISE_FACTOR` times the job's own noise where that is larger.
+
+    Jitter is relative to the loss, so the job's absolute pre-deploy step change is taken relative to
+    the loss level now: as a classifier's loss falls towards 0, the same batch noise is a larger
+    relative change, with or without a scaffold. Drift (a difference of window means, in loss units)
+    is allowed the job's step change itself.
+    """
+    if noise is None:
+        return thresholds.jitter_p95_max, thresholds.drift_max
+    jitter = NOISE_FACTOR * noise.step_change / abs(noise.mean_loss)
+    return max(thresholds.jitter_p95_max, jitter), max(thresholds.drift_max, NOISE_FACTOR * noise.step_change)
+
+
 def _verdict(
     gate: str, value: float | None, threshold: float, passes, hard: bool, samples: int = 0
 ) -> telemetry_pb2.GateVerdict:
@@ -143,16 +183,18 @@ def judge(
     thresholds: command_pb2.GateThresholds,
     gain: float | None,
     step_time: Reading,
+    noise: JobNoise | None = None,
 ) -> GateJudgement:
     """Every gate's verdict on the last telemetry `gates`, except G2 (`gain`, from `residual_gain`) and
-    G5's step time (from `step_time_statistic`)."""
+    G5's step time (from `step_time_statistic`); G4's stability limits allow the job's own `noise`."""
     le, ge = operator.le, operator.ge
+    jitter_limit, drift_limit = stability_limits(thresholds, noise)
     verdicts = (
         _verdict("G1", _get(gates, "transfer_rel_delta"), thresholds.transfer_epsilon, le, hard=False),
         _verdict("G2", gain, thresholds.residual_gain_gamma, ge, hard=False),
         _verdict("G3", _get(gates, "foldability"), thresholds.foldability_theta, ge, hard=False),
-        _verdict("G4.jitter", _get(gates, "jitter_p95"), thresholds.jitter_p95_max, le, hard=True),
-        _verdict("G4.drift", _get(gates, "drift"), thresholds.drift_max, le, hard=True),
+        _verdict("G4.jitter", _get(gates, "jitter_p95"), jitter_limit, le, hard=True),
+        _verdict("G4.drift", _get(gates, "drift"), drift_limit, le, hard=True),
         _verdict("G4.diversity", _get(gates, "diversity"), _diversity_floor(gates, thresholds), ge, hard=True),
         _verdict("G5.step_time", step_time.value, thresholds.step_time_ratio_max, le, True, step_time.samples),
         _verdict("G5.memory", _get(gates, "memory_fraction"), thresholds.memory_fraction_max, le, hard=True),
@@ -180,4 +222,6 @@ def judge_scaffold(store: Store, scaffold: job_pb2.Scaffold, probe_loss: float |
     during = [r for boundary, r in reports if boundary > deployed]
     gain = residual_gain(_field(before, "probe_loss"), host_after, scaffold.age_ckpts)
     step_time = step_time_statistic(_field(before, "step_time_ms"), _field(during, "step_time_ms"))
-    return judge(gates, scaffold.policy.gates, gain, step_time)
+    means = _field([r for _, r in reports], "loss_mean")
+    noise = job_noise(_field(before, "loss_noise"), means[-1] if means else None)
+    return judge(gates, scaffold.policy.gates, gain, step_time, noise)

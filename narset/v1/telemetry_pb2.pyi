@@ -89,7 +89,7 @@ class GateTelemetry(_message.Message):
     def __init__(self, transfer_rel_delta: _Optional[float] = ..., probe_loss: _Optional[float] = ..., foldability: _Optional[float] = ..., svd_energy: _Optional[float] = ..., jitter_p95: _Optional[float] = ..., drift: _Optional[float] = ..., diversity: _Optional[float] = ..., step_time_ratio: _Optional[float] = ..., memory_fraction: _Optional[float] = ..., non_finite: _Optional[bool] = ..., loss_spike: _Optional[bool] = ..., isolation_leak: _Optional[bool] = ..., host_diversity: _Optional[float] = ...) -> None: ...
 
 class ScaffoldReport(_message.Message):
-    __slots__ = ("scaffold_id", "module", "blueprint", "stage", "alpha", "age_ckpts", "ttl_ckpts", "extensions", "paused", "gates", "region", "seed_parameters")
+    __slots__ = ("scaffold_id", "module", "blueprint", "stage", "alpha", "age_ckpts", "ttl_ckpts", "extensions", "paused", "gates", "region", "seed_parameters", "policy")
     SCAFFOLD_ID_FIELD_NUMBER: _ClassVar[int]
     MODULE_FIELD_NUMBER: _ClassVar[int]
     BLUEPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class ScaffoldReport(_message.Message):
     GATES_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
     SEED_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
     scaffold_id: str
     module: str
     blueprint: str
@@ -114,7 +115,8 @@ class ScaffoldReport(_message.Message):
     gates: GateTelemetry
     region: str
     seed_parameters: int
-    def __init__(self, scaffold_id: _Optional[str] = ..., module: _Optional[str] = ..., blueprint: _Optional[str] = ..., stage: _Optional[_Union[ScaffoldStage, str]] = ..., alpha: _Optional[float] = ..., age_ckpts: _Optional[int] = ..., ttl_ckpts: _Optional[int] = ..., extensions: _Optional[int] = ..., paused: _Optional[bool] = ..., gates: _Optional[_Union[GateTelemetry, _Mapping]] = ..., region: _Optional[str] = ..., seed_parameters: _Optional[int] = ...) -> None: ...
+    policy: _command_pb2.ScaffoldPolicy
+    def __init__(self, scaffold_id: _Optional[str] = ..., module: _Optional[str] = ..., blueprint: _Optional[str] = ..., stage: _Optional[_Union[ScaffoldStage, str]] = ..., alpha: _Optional[float] = ..., age_ckpts: _Optional[int] = ..., ttl_ckpts: _Optional[int] = ..., extensions: _Optional[int] = ..., paused: _Optional[bool] = ..., gates: _Optional[_Union[GateTelemetry, _Mapping]] = ..., region: _Optional[str] = ..., seed_parameters: _Optional[int] = ..., policy: _Optional[_Union[_command_pb2.ScaffoldPolicy, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
     __slots__ = ("command_id", "outcome", "message", "boundary", "scaffold_id")

@@ -27,7 +27,7 @@ from narset.v1 import job_pb2 as narset_dot_v1_dot_job__pb2
 from narset.v1 import telemetry_pb2 as narset_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enarset/v1/worker_service.proto\x12\tnarset.v1\x1a\x17narset/v1/command.proto\x1a\x13narset/v1/job.proto\x1a\x19narset/v1/telemetry.proto\"l\n\rRestoredState\x12\x10\n\x08\x62oundary\x18\x01 \x01(\x03\x12\x1b\n\x13\x61pplied_command_ids\x18\x02 \x03(\t\x12,\n\tscaffolds\x18\x03 \x03(\x0b\x32\x19.narset.v1.ScaffoldReport\"\xc2\x02\n\rAttachRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nworld_size\x18\x02 \x01(\x05\x12\"\n\x05ranks\x18\x03 \x03(\x0b\x32\x13.narset.v1.RankInfo\x12&\n\x07modules\x18\x04 \x03(\x0b\x32\x15.narset.v1.ModuleInfo\x12\"\n\x07regions\x18\x05 \x03(\x0b\x32\x11.narset.v1.Region\x12\x33\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32\x1d.narset.v1.WorkerCapabilities\x12*\n\x08restored\x18\x07 \x01(\x0b\x32\x18.narset.v1.RestoredState\x12(\n\nblueprints\x18\x08 \x03(\x0b\x32\x14.narset.v1.Blueprint\x12\x12\n\nsession_id\x18\t \x01(\t\"\x80\x01\n\x0e\x41ttachResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rnext_boundary\x18\x02 \x01(\x03\x12$\n\x06policy\x18\x03 \x01(\x0b\x32\x14.narset.v1.JobPolicy\x12\x1d\n\x15redeliver_command_ids\x18\x04 \x03(\t\"\xd8\x03\n\x15ReportBoundaryRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08\x62oundary\x18\x03 \x01(\x03\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12>\n\x07metrics\x18\x05 \x03(\x0b\x32-.narset.v1.ReportBoundaryRequest.MetricsEntry\x12\x17\n\nprobe_loss\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12,\n\tscaffolds\x18\x07 \x03(\x0b\x32\x19.narset.v1.ScaffoldReport\x12)\n\x07results\x18\x08 \x03(\x0b\x32\x18.narset.v1.CommandResult\x12/\n\x0eregion_signals\x18\t \x03(\x0b\x32\x17.narset.v1.RegionSignal\x12-\n\rsafety_events\x18\n \x03(\x0b\x32\x16.narset.v1.SafetyEvent\x12\x19\n\x0cstep_time_ms\x18\x0b \x01(\x01H\x01\x88\x01\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_probe_lossB\x0f\n\r_step_time_ms\"p\n\x16ReportBoundaryResponse\x12.\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x1c.narset.v1.AdaptationCommand\x12&\n\tdecisions\x18\x02 \x03(\x0b\x32\x13.narset.v1.Decision\"C\n\rDetachRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x10\n\x0e\x44\x65tachResponse2\xe4\x01\n\rWorkerService\x12=\n\x06\x41ttach\x12\x18.narset.v1.AttachRequest\x1a\x19.narset.v1.AttachResponse\x12U\n\x0eReportBoundary\x12 .narset.v1.ReportBoundaryRequest\x1a!.narset.v1.ReportBoundaryResponse\x12=\n\x06\x44\x65tach\x12\x18.narset.v1.DetachRequest\x1a\x19.narset.v1.DetachResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enarset/v1/worker_service.proto\x12\tnarset.v1\x1a\x17narset/v1/command.proto\x1a\x13narset/v1/job.proto\x1a\x19narset/v1/telemetry.proto\"l\n\rRestoredState\x12\x10\n\x08\x62oundary\x18\x01 \x01(\x03\x12\x1b\n\x13\x61pplied_command_ids\x18\x02 \x03(\t\x12,\n\tscaffolds\x18\x03 \x03(\x0b\x32\x19.narset.v1.ScaffoldReport\"\xc2\x02\n\rAttachRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nworld_size\x18\x02 \x01(\x05\x12\"\n\x05ranks\x18\x03 \x03(\x0b\x32\x13.narset.v1.RankInfo\x12&\n\x07modules\x18\x04 \x03(\x0b\x32\x15.narset.v1.ModuleInfo\x12\"\n\x07regions\x18\x05 \x03(\x0b\x32\x11.narset.v1.Region\x12\x33\n\x0c\x63\x61pabilities\x18\x06 \x01(\x0b\x32\x1d.narset.v1.WorkerCapabilities\x12*\n\x08restored\x18\x07 \x01(\x0b\x32\x18.narset.v1.RestoredState\x12(\n\nblueprints\x18\x08 \x03(\x0b\x32\x14.narset.v1.Blueprint\x12\x12\n\nsession_id\x18\t \x01(\t\"\x80\x01\n\x0e\x41ttachResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rnext_boundary\x18\x02 \x01(\x03\x12$\n\x06policy\x18\x03 \x01(\x0b\x32\x14.narset.v1.JobPolicy\x12\x1d\n\x15redeliver_command_ids\x18\x04 \x03(\t\"\xa6\x04\n\x15ReportBoundaryRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08\x62oundary\x18\x03 \x01(\x03\x12\x0c\n\x04step\x18\x04 \x01(\x03\x12>\n\x07metrics\x18\x05 \x03(\x0b\x32-.narset.v1.ReportBoundaryRequest.MetricsEntry\x12\x17\n\nprobe_loss\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12,\n\tscaffolds\x18\x07 \x03(\x0b\x32\x19.narset.v1.ScaffoldReport\x12)\n\x07results\x18\x08 \x03(\x0b\x32\x18.narset.v1.CommandResult\x12/\n\x0eregion_signals\x18\t \x03(\x0b\x32\x17.narset.v1.RegionSignal\x12-\n\rsafety_events\x18\n \x03(\x0b\x32\x16.narset.v1.SafetyEvent\x12\x19\n\x0cstep_time_ms\x18\x0b \x01(\x01H\x01\x88\x01\x01\x12\x17\n\nloss_noise\x18\x0c \x01(\x01H\x02\x88\x01\x01\x12\x16\n\tloss_mean\x18\r \x01(\x01H\x03\x88\x01\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\r\n\x0b_probe_lossB\x0f\n\r_step_time_msB\r\n\x0b_loss_noiseB\x0c\n\n_loss_mean\"p\n\x16ReportBoundaryResponse\x12.\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x1c.narset.v1.AdaptationCommand\x12&\n\tdecisions\x18\x02 \x03(\x0b\x32\x13.narset.v1.Decision\"C\n\rDetachRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x10\n\x0e\x44\x65tachResponse2\xe4\x01\n\rWorkerService\x12=\n\x06\x41ttach\x12\x18.narset.v1.AttachRequest\x1a\x19.narset.v1.AttachResponse\x12U\n\x0eReportBoundary\x12 .narset.v1.ReportBoundaryRequest\x1a!.narset.v1.ReportBoundaryResponse\x12=\n\x06\x44\x65tach\x12\x18.narset.v1.DetachRequest\x1a\x19.narset.v1.DetachResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,15 +43,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTACHRESPONSE']._serialized_start=554
   _globals['_ATTACHRESPONSE']._serialized_end=682
   _globals['_REPORTBOUNDARYREQUEST']._serialized_start=685
-  _globals['_REPORTBOUNDARYREQUEST']._serialized_end=1157
-  _globals['_REPORTBOUNDARYREQUEST_METRICSENTRY']._serialized_start=1079
-  _globals['_REPORTBOUNDARYREQUEST_METRICSENTRY']._serialized_end=1125
-  _globals['_REPORTBOUNDARYRESPONSE']._serialized_start=1159
-  _globals['_REPORTBOUNDARYRESPONSE']._serialized_end=1271
-  _globals['_DETACHREQUEST']._serialized_start=1273
-  _globals['_DETACHREQUEST']._serialized_end=1340
-  _globals['_DETACHRESPONSE']._serialized_start=1342
-  _globals['_DETACHRESPONSE']._serialized_end=1358
-  _globals['_WORKERSERVICE']._serialized_start=1361
-  _globals['_WORKERSERVICE']._serialized_end=1589
+  _globals['_REPORTBOUNDARYREQUEST']._serialized_end=1235
+  _globals['_REPORTBOUNDARYREQUEST_METRICSENTRY']._serialized_start=1128
+  _globals['_REPORTBOUNDARYREQUEST_METRICSENTRY']._serialized_end=1174
+  _globals['_REPORTBOUNDARYRESPONSE']._serialized_start=1237
+  _globals['_REPORTBOUNDARYRESPONSE']._serialized_end=1349
+  _globals['_DETACHREQUEST']._serialized_start=1351
+  _globals['_DETACHREQUEST']._serialized_end=1418
+  _globals['_DETACHRESPONSE']._serialized_start=1420
+  _globals['_DETACHRESPONSE']._serialized_end=1436
+  _globals['_WORKERSERVICE']._serialized_start=1439
+  _globals['_WORKERSERVICE']._serialized_end=1667
 # @@protoc_insertion_point(module_scope)

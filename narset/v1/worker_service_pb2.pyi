@@ -54,7 +54,7 @@ class AttachResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., next_boundary: _Optional[int] = ..., policy: _Optional[_Union[_job_pb2.JobPolicy, _Mapping]] = ..., redeliver_command_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportBoundaryRequest(_message.Message):
-    __slots__ = ("job_id", "session_id", "boundary", "step", "metrics", "probe_loss", "scaffolds", "results", "region_signals", "safety_events", "step_time_ms")
+    __slots__ = ("job_id", "session_id", "boundary", "step", "metrics", "probe_loss", "scaffolds", "results", "region_signals", "safety_events", "step_time_ms", "loss_noise", "loss_mean")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,8 @@ class ReportBoundaryRequest(_message.Message):
     REGION_SIGNALS_FIELD_NUMBER: _ClassVar[int]
     SAFETY_EVENTS_FIELD_NUMBER: _ClassVar[int]
     STEP_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_NOISE_FIELD_NUMBER: _ClassVar[int]
+    LOSS_MEAN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     session_id: str
     boundary: int
@@ -84,7 +86,9 @@ class ReportBoundaryRequest(_message.Message):
     region_signals: _containers.RepeatedCompositeFieldContainer[_telemetry_pb2.RegionSignal]
     safety_events: _containers.RepeatedCompositeFieldContainer[_telemetry_pb2.SafetyEvent]
     step_time_ms: float
-    def __init__(self, job_id: _Optional[str] = ..., session_id: _Optional[str] = ..., boundary: _Optional[int] = ..., step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., probe_loss: _Optional[float] = ..., scaffolds: _Optional[_Iterable[_Union[_telemetry_pb2.ScaffoldReport, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[_telemetry_pb2.CommandResult, _Mapping]]] = ..., region_signals: _Optional[_Iterable[_Union[_telemetry_pb2.RegionSignal, _Mapping]]] = ..., safety_events: _Optional[_Iterable[_Union[_telemetry_pb2.SafetyEvent, _Mapping]]] = ..., step_time_ms: _Optional[float] = ...) -> None: ...
+    loss_noise: float
+    loss_mean: float
+    def __init__(self, job_id: _Optional[str] = ..., session_id: _Optional[str] = ..., boundary: _Optional[int] = ..., step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., probe_loss: _Optional[float] = ..., scaffolds: _Optional[_Iterable[_Union[_telemetry_pb2.ScaffoldReport, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[_telemetry_pb2.CommandResult, _Mapping]]] = ..., region_signals: _Optional[_Iterable[_Union[_telemetry_pb2.RegionSignal, _Mapping]]] = ..., safety_events: _Optional[_Iterable[_Union[_telemetry_pb2.SafetyEvent, _Mapping]]] = ..., step_time_ms: _Optional[float] = ..., loss_noise: _Optional[float] = ..., loss_mean: _Optional[float] = ...) -> None: ...
 
 class ReportBoundaryResponse(_message.Message):
     __slots__ = ("commands", "decisions")

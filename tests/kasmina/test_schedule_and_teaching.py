@@ -137,7 +137,8 @@ def test_isolated_training_host_teaches_seed():
 
 
 def test_weaning_seed_teaches_host_with_kd_and_probe_losses():
-    """In DECAY the host output is the student of the warm-level blend (site MSE, KD at the site, probe callables)."""
+    """In DECAY the host output is the student of the site's blend at the current alpha (site MSE, KD at the
+    site, probe callables)."""
     policy = schedule(warmup_ckpts=1, decay_ckpts=4)
     policy.teaching.site_distill_weight = 1.0
     policy.teaching.kd.weight = 0.5
@@ -147,7 +148,9 @@ def test_weaning_seed_teaches_host_with_kd_and_probe_losses():
     x, y = batch(1, (8, 12), 6)
     task = F.mse_loss(worker.model(x), y)
     site = scaffold.site
-    teacher = torch.lerp(site.host_out, site.seed_out, 0.25).detach()
+    alpha = float(scaffold.alpha)
+    assert 0 < alpha < 0.25  # weaning from the warm level 0.25
+    teacher = torch.lerp(site.host_out, site.seed_out, alpha).detach()
     expected = (
         F.mse_loss(site.host_out, teacher)
         + 0.5 * kd_loss(site.host_out, teacher, 2.0)
@@ -165,7 +168,6 @@ def test_feature_taps_run_a_host_only_pass_on_their_cadence():
     """While weaning, feature MSE compares tap outputs of a host-only pass and the training pass, every N steps."""
     policy = schedule(warmup_ckpts=1, decay_ckpts=4)
     policy.teaching.feature.CopyFrom(command_pb2.FeatureLoss(weight=1.0, taps=["act"], cadence_steps=2))
-    policy.teaching.site_distill_weight = 0.0  # residual_mlp's default is 1.0
     model, worker, scaffold = _teaching_worker(policy)
     worker.checkpoint(step=1)
     extras = []

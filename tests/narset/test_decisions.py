@@ -6,13 +6,13 @@ import json
 
 import grpc
 import pytest
-from narset_testing import PASSING, deployed, gates, live
+from narset_testing import PASSING, Job, deployed, gates, live
 
 from narset.cli import main
 from narset.client import NarsetError
 from narset.contract import reasons
 from narset.contract.scaffold_policy import DEFAULT_GATES
-from narset.control.judge import Reading, judge, residual_gain, trend_slope
+from narset.control.judge import NOISE_FACTOR, Reading, judge, residual_gain, trend_slope
 from narset.v1 import command_pb2, telemetry_pb2
 
 S = telemetry_pb2
@@ -185,3 +185,40 @@ def test_persist_if_wins_extends_while_extensions_remain(job):
         outcomes.append(decision.outcome)
         job.report(0.7, [live(S.SCAFFOLD_STAGE_HOLD, PASSING, ttl, ttl + 3, extensions + 1)])
     assert outcomes == [S.DECISION_OUTCOME_PERSIST, S.DECISION_OUTCOME_PERSIST, S.DECISION_OUTCOME_FUSE]
+
+
+@pytest.mark.parametrize(
+    ("jitter", "drift", "outcome"),
+    [
+        (0.6, 0.3, S.DECISION_OUTCOME_FUSE),  # as noisy as the job was: far above the policy's 0.05
+        (0.9, 0.3, S.DECISION_OUTCOME_PRUNE),  # jitter over NOISE_FACTOR x the job's own noise
+        (0.6, 0.5, S.DECISION_OUTCOME_PRUNE),  # drift over NOISE_FACTOR x the job's step change
+    ],
+)
+def test_g4_limits_allow_the_jobs_own_step_noise(worker_stub, client, jitter, drift, outcome):
+    """G4 fails a scaffold for making the step loss noisier than the job was before its deploy, never for the
+    job's own noise: jitter is allowed NOISE_FACTOR x the pre-deploy step change relative to today's mean
+    loss, drift NOISE_FACTOR x that step change; the verdict's threshold is the limit applied."""
+    job = Job(worker_stub, client)
+    noisy = {"loss_noise": 0.2, "loss_mean": 1.0}  # p95 |L_t - L_t-1| 0.2: a mini-batch job
+    for loss in (1.0, 0.95):
+        job.report(loss, **noisy)
+    job.deploy()
+    job.report(0.9, **noisy)
+    telemetry = gates(jitter_p95=jitter, drift=drift)
+    [decision] = job.report(
+        0.7, [live(S.SCAFFOLD_STAGE_EVALUATING, telemetry, age=1)], loss_noise=0.5, loss_mean=0.5
+    ).decisions
+    limits = {v.gate: v.threshold for v in decision.verdicts}
+    assert limits["G4.jitter"] == pytest.approx(NOISE_FACTOR * 0.2 / 0.5)
+    assert limits["G4.drift"] == pytest.approx(NOISE_FACTOR * 0.2)
+    assert decision.outcome == outcome
+
+
+def test_g4_limits_are_the_policys_without_reported_noise(job):
+    """A job that reports no loss noise is judged on the policy's own G4 limits."""
+    deployed(job)
+    [decision] = job.report(0.7, [live(S.SCAFFOLD_STAGE_EVALUATING, gates(jitter_p95=0.06), age=1)]).decisions
+    limits = {v.gate: v.threshold for v in decision.verdicts}
+    assert (limits["G4.jitter"], limits["G4.drift"]) == (DEFAULT_GATES.jitter_p95_max, DEFAULT_GATES.drift_max)
+    assert decision.outcome == S.DECISION_OUTCOME_PRUNE and "G4.jitter" in decision.reason

@@ -218,8 +218,8 @@ class DenseDeltaSeed(Seed):
 class ResidualMLPSeed(Seed):
     """Non-linear branch added to the host: s(x) = fc_out(gelu(fc_in(x))).
 
-    `fc_out` starts at zero, so the branch starts at 0. Not foldable: it teaches the host while
-    weaning and leaves at alpha 0 (transfer exit).
+    `fc_out` starts at zero, so the branch starts at 0. Not foldable: alpha decays to 0 while the host,
+    trained jointly, takes over its function, and it leaves at alpha 0 (transfer exit).
     """
 
     additive = True
