@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,6 +39,14 @@ def test_public_names_are_pinned():
     ]
     for name in kasmina_worker.__all__:
         assert getattr(kasmina_worker, name) is not None
+
+
+def test_the_worker_links_child_starts_without_torch():
+    """`python -m kasmina_worker.link` (the child that owns a job's gRPC channel) imports no torch: importing
+    the package loads its public names only on first use."""
+    code = "import sys, kasmina_worker.link.worker_link; print(sorted(m for m in sys.modules if m == 'torch'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_idle_is_free():
