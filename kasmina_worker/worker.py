@@ -153,7 +153,7 @@ class KasminaWorker:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self._steps = 0
         self._ring = StepLossRing(self.config.breakers.window, device)
-        self._breakers = Breakers(self.config.breakers, self._ring, device)
+        self._breakers = Breakers(self.config.breakers, self._ring, device, optimizer, local_tensors)
         self._runtime = ScaffoldRuntime(model, optimizer, job, self._ring)
         if scheduler is not None:
             self.attach_scheduler(scheduler)
@@ -330,10 +330,7 @@ class KasminaWorker:
         self._wrapped = self._rebuilder.model
         self._wrapped_version = self._runtime.structure_version
         self._breakers.arm(
-            [
-                Watch(live.module.alpha, local_tensors(list(live.module.seed.parameters())))
-                for live in self._runtime.live.values()
-            ]
+            [Watch(live.module.alpha, list(live.module.seed.parameters())) for live in self._runtime.live.values()]
         )
 
     def _report(
@@ -373,7 +370,7 @@ class KasminaWorker:
         for live, seed_trip in zip(list(self._runtime.live.values()), seed_trips, strict=True):
             found = list(loss_found)
             if seed_trip.kind:
-                found.append((TRIP_NON_FINITE, seed_trip.first, "non-finite seed parameter"))
+                found.append((TRIP_NON_FINITE, seed_trip.first, "non-finite seed parameter or gradient"))
             if not found:
                 continue
             gates = telemetry_pb2.GateTelemetry()

@@ -1,30 +1,38 @@
 """Safety breakers and the step-loss ring buffer, all on-device: nothing here synchronises per step.
 
-`Breakers.observe` (from `step_loss`) judges every step:
+Two checks per step, neither of which reads an activation, so their cost does not grow with the batch
+or the width:
 
-* the step loss: non-finite, or more than `(spike_factor - 1) * |mean|` above the mean of the
-  finite losses in the window (`spike_factor` times the mean for a positive mean; a job whose
-  loss is negative is judged the same way), cuts the alpha of every live scaffold to 0;
-* each live seed's parameters: a non-finite value (where a non-finite seed gradient lands after
-  the optimiser step) cuts that scaffold's alpha to 0.
+* `Breakers.observe` (from `step_loss`, O(1)) judges the step loss: non-finite, or more than
+  `(spike_factor - 1) * |mean|` above the mean of the finite losses in the window (`spike_factor`
+  times the mean for a positive mean; a job whose loss is negative is judged the same way), cuts
+  the alpha of every live scaffold to 0 once that step's backward has finished (alpha is saved for
+  backward, also as an input of compiled graphs), so the next forward already uses it;
+* `Breakers.before_step` (an optimiser step pre-hook, O(seed parameters)) judges each live seed's
+  parameters and gradients with one fused norm per tensor: a non-finite one cuts that scaffold's
+  alpha at once. Then it replaces every non-finite entry of the seeds' parameters and gradients by
+  0, so the update never writes a NaN/Inf into a seed, its optimiser state stays finite, and a cut
+  seed's output is finite: with alpha 0 the site output is exactly the host's.
 
-The cuts are applied in place when that step's backward has finished (alpha is saved for
-backward, also as an input of compiled graphs), so the next forward already uses them. The
-scaffold's forward replaces non-finite seed outputs by 0 and non-finite gradients into the seed's
-input by 0, so after a cut the output is exactly the host's and the host stays finite. The
-worker reads the trips at the next boundary (`settle`, a sync) and prunes the cut scaffolds.
+A non-finite loss makes every gradient of that step non-finite, the host's included. With an
+optimiser that takes AMP's on-device skip (`fused=True` Adam, AdamW, SGD, ...: every group fused),
+`before_step` hands it a `found_inf` flag set by a non-finite loss or seed tensor of the step, and
+the optimiser skips that update on device, as under a `GradScaler`: the host's parameters and
+state are untouched by it. Other optimisers apply it (sanitising every host gradient would be a
+pass over all of them per step); the scaffold is cut and its seed made finite all the same.
 
-The per-step path runs on every training step, where every kernel launch and every Python call
-is paid with cold caches after the model's own work, so it is one vector of checks: the ring
-stores a non-finite loss as NaN, so `value <= limit` is false for a non-finite loss and for a
-spike alike, and a trip is recorded with two in-place ops for all checks at once (`alive`, 1
-until a check first fails, and `passed`, the checks passed before that).
+The worker reads the trips at the next boundary (`settle`, a sync) and prunes the cut scaffolds.
+Every kernel launch and Python call here is paid on every step with cold caches after the model's
+own work, so the checks are small vectors: the ring stores a non-finite loss as NaN, so
+`value <= limit` is false for a non-finite loss and for a spike alike, a norm is finite iff its
+tensor is, and a trip is recorded with two in-place ops for all checks at once (`alive`, 1 until a
+check first fails, and `passed`, the steps observed before that).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -100,7 +108,7 @@ class StepLossRing:
 
 @dataclass(frozen=True, slots=True)
 class Watch:
-    """One live scaffold as the breakers see it: its alpha buffer and its seed's (local) parameters."""
+    """One live scaffold as the breakers see it: its alpha buffer and its seed's parameters."""
 
     alpha: torch.Tensor
     params: Sequence[torch.Tensor]
@@ -115,34 +123,64 @@ class Trip:
 
 
 # Rows of the check vector: the loss against the spike limit, the loss alone (finite?), then one
-# row per watched seed parameter (its norm, finite iff the parameter is).
+# row per watched seed parameter (its norm, finite iff the parameter is) and one per gradient.
 _LOSS, _LOSS_FINITE, _PARAMS = 0, 1, 2
 
 
-class Breakers:
-    """The loss breaker and the seed guards of every live scaffold, judged as one vector per step."""
+def _skips_on_device(optimizer: torch.optim.Optimizer | None) -> bool:
+    """Whether `optimizer.step` skips its update on device given AMP's `found_inf` (fused groups only)."""
+    return (
+        optimizer is not None
+        and getattr(optimizer, "_step_supports_amp_scaling", False)
+        and all(group.get("fused") for group in optimizer.param_groups)
+    )
 
-    def __init__(self, config: BreakerConfig, ring: StepLossRing, device: torch.device) -> None:
+
+class Breakers:
+    """The loss breaker and the seed guards of every live scaffold, judged as small vectors per step."""
+
+    def __init__(
+        self,
+        config: BreakerConfig,
+        ring: StepLossRing,
+        device: torch.device,
+        optimizer: torch.optim.Optimizer | None = None,
+        local: Callable[[list[torch.Tensor]], list[torch.Tensor]] = list,
+    ) -> None:
+        """`optimizer`: the one whose steps `before_step` guards (hooked here); `local`: this rank's
+        storage of a list of tensors (the local shard of a sharded one)."""
         self.config = config
         self.ring = ring
         self.device = device
+        self._optimizer = optimizer
+        self._local = local
+        self._theirs: torch.Tensor | None = None
+        if optimizer is not None:
+            optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: self.before_step())
+            optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self._after_step())
         self.arm([])
 
     def arm(self, watches: Sequence[Watch]) -> None:
         """Watch these scaffolds from the next step on, with every trip cleared."""
         self._watches = list(watches)
-        self._params = [p for watch in watches for p in watch.params]
-        # The watch of each parameter row; a seed trips when any of its rows fails.
-        self._param_watch = [i for i, watch in enumerate(watches) for _ in watch.params]
-        rows = _PARAMS + len(self._params)
-        self._limits = torch.full((rows,), NO_LIMIT, dtype=torch.float32, device=self.device)
+        self._owners = [p for watch in watches for p in watch.params]
+        self._params = self._local(self._owners)
+        # The watch of each parameter row, then of each gradient row; a seed trips when any row fails.
+        param_watch = [i for i, watch in enumerate(watches) for _ in watch.params]
+        self._row_watch = param_watch * 2
+        rows = _PARAMS + len(self._row_watch)
+        self._limits = torch.full((_PARAMS,), NO_LIMIT, dtype=torch.float32, device=self.device)
         self._alive = torch.ones(rows, dtype=torch.float32, device=self.device)
         self._passed = torch.zeros(rows, dtype=torch.float64, device=self.device)
         # Views made once, so the per-step path and the cut create no tensors for them. The cut
         # multiplies each alpha by every row of its seed, and all of them by the loss row.
         self._spike_limit = self._limits[_LOSS]
-        self._cut_alphas = [watches[i].alpha for i in self._param_watch] + [watch.alpha for watch in watches]
-        self._cut_factors = list(self._alive[_PARAMS:].unbind()) + [self._alive[_LOSS]] * len(watches)
+        self._loss_alive, self._seed_alive = self._alive[:_PARAMS], self._alive[_PARAMS:]
+        self._cut_alphas = [watches[i].alpha for i in self._row_watch] + [watch.alpha for watch in watches]
+        self._cut_factors = list(self._seed_alive.unbind()) + [self._alive[_LOSS]] * len(watches)
+        # The optimiser's on-device skip, when it has one: set by a non-finite loss since its last step.
+        self._skips = bool(watches) and _skips_on_device(self._optimizer)
+        self._found_inf = torch.zeros((), dtype=torch.float32, device=self.device) if self._skips else None
         self._start: int | None = None
 
     @property
@@ -150,7 +188,7 @@ class Breakers:
         return bool(self._watches)
 
     def observe(self, loss: torch.Tensor, step: int) -> None:
-        """Judge this step's loss and every watched seed, record the loss; no sync.
+        """Judge this step's loss and record it; no sync.
 
         Steps are observed one after another while armed; the cuts land after this step's backward.
         """
@@ -160,10 +198,10 @@ class Breakers:
             torch.add(mean, mean.abs(), alpha=self.config.spike_factor - 1, out=self._spike_limit)
             self._spike_limit.nan_to_num_(nan=NO_LIMIT)
         recorded = self.ring.record(loss)
-        norms = torch._foreach_norm(self._params) if self._params else ()
-        checks = torch.stack([recorded, recorded, *norms]) <= self._limits
-        self._alive.mul_(checks)
+        self._loss_alive.mul_(recorded <= self._limits)
         self._passed.add_(self._alive)
+        if self._found_inf is not None:
+            self._found_inf.logical_or_(recorded.isnan())
         if self._start is None:
             self._start = step
         if loss.grad_fn is not None:
@@ -172,6 +210,37 @@ class Breakers:
             loss.grad_fn.register_prehook(self._cut_after_backward)
         else:
             self._cut()
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        """Judge every watched seed's parameters and gradients, cut the non-finite ones, and make every
+        seed tensor finite; with an on-device-skipping optimiser, flag a non-finite step. No sync."""
+        if not self._owners:
+            return
+        # A parameter that got no gradient stands in for its own gradient row (a second check of it).
+        grads = self._local([p if p.grad is None else p.grad for p in self._owners])
+        tensors = self._params + grads
+        finite = torch.stack(torch._foreach_norm(tensors)) <= NO_LIMIT
+        self._seed_alive.mul_(finite)
+        self._cut()
+        if self._found_inf is not None:
+            self._found_inf.logical_or_(finite.logical_not().any())
+            self._theirs = getattr(self._optimizer, "found_inf", None)
+            # A GradScaler's own flag (set before the step) counts too.
+            self._optimizer.found_inf = self._found_inf if self._theirs is None else self._found_inf + self._theirs
+        for tensor in tensors:
+            tensor.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _after_step(self) -> None:
+        """Give the optimiser back its own `found_inf` (a GradScaler deletes it after the step)."""
+        if self._found_inf is None or not self._owners:
+            return
+        if self._theirs is None:
+            del self._optimizer.found_inf
+        else:
+            self._optimizer.found_inf = self._theirs
+        self._theirs = None
+        self._found_inf.zero_()
 
     def _cut_after_backward(self, grad_outputs: tuple[torch.Tensor, ...]) -> None:
         torch.autograd.Variable._execution_engine.queue_callback(self._cut)
@@ -192,10 +261,12 @@ class Breakers:
         kind = TRIP_NON_FINITE if non_finite_first >= 0 else 0
         if loss_first >= 0 and loss_first != non_finite_first:
             kind |= TRIP_LOSS_SPIKE
-        # A seed trips at the first step any of its parameter rows failed.
+        # A seed trips at the step whose gradients or parameters were non-finite: the last one observed
+        # before the optimiser step that judged them (its `passed` count includes that step).
         seed_first: dict[int, int] = {}
-        for row, watch in enumerate(self._param_watch, start=_PARAMS):
+        for row, watch in enumerate(self._row_watch, start=_PARAMS):
             if (at := first(row)) >= 0:
+                at = max(at - 1, start)
                 seed_first[watch] = min(at, seed_first.get(watch, at))
         seeds = [
             Trip(TRIP_NON_FINITE, seed_first[watch]) if watch in seed_first else Trip()

@@ -1,9 +1,11 @@
 """The scaffold module: a host module and a seed blended by a 0-dim `alpha` buffer.
 
-Additive seeds (delta, residual): `y = h + alpha·nan_to_num(s)`, the host at its full gradient;
-replacement seeds: `y = lerp(h, nan_to_num(s), alpha)`. One fused autograd function, the same graph
-whatever the lifecycle state: `alpha` changes only at boundaries (`fill_` under `no_grad`) or
-on-device by a safety breaker, so a compiled graph never sees a Python float change. A frozen host
+Additive seeds (delta, residual): `y = h + alpha·s` (one `addcmul`), the host at its full gradient;
+replacement seeds: `y = lerp(h, s, alpha)`. One op over the activations, the same graph whatever the
+lifecycle state: `alpha` changes only at boundaries (`fill_` under `no_grad`) or on-device by a
+safety breaker, so a compiled graph never sees a Python float change. Nothing here sanitises
+activations: the breakers guard the seed's parameters and gradients at each optimiser step
+(`kasmina_worker.measure.breakers`), so the safety costs O(seed parameters) per step. A frozen host
 (policy `host_mode: frozen`) is its own parameters' `requires_grad`, never a detach in the blend, so
 the layers upstream always get the gradient of the function the site computes.
 
@@ -25,54 +27,6 @@ from torch import nn
 __all__ = ["Scaffold", "SiteTensors"]
 
 log = structlog.get_logger("kasmina")
-
-
-class _FiniteGrad(torch.autograd.Function):
-    """Identity forward; backward replaces non-finite gradient entries by 0.
-
-    Sits on the seed's input so that a poisoned seed cannot send NaN/Inf into the host upstream.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-class _Blend(torch.autograd.Function):
-    """`h + alpha·nan_to_num(s)` (additive) or `lerp(h, nan_to_num(s), alpha)` (replacement) in one
-    fresh activation; backward: h gets the gradient itself (additive) or `(1 - alpha)` of it, s
-    `alpha` of it.
-
-    Hand-written so that only alpha is saved for backward (autograd's `nan_to_num` would keep s to
-    mask its gradient) and the additive host gradient passes through without an op.
-    """
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, s: torch.Tensor, alpha: torch.Tensor, additive: bool) -> torch.Tensor:
-        ctx.save_for_backward(alpha)
-        ctx.additive = additive
-        # The blend overwrites the sanitised copy: one fresh activation per step, like a plain add.
-        out = torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)
-        if additive:
-            return torch.addcmul(h, out, alpha, out=out)
-        return torch.lerp(h, out, alpha, out=out)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (alpha,) = ctx.saved_tensors
-        needs_h, needs_s = ctx.needs_input_grad[:2]
-        grad_h = grad_s = None
-        if needs_h:
-            # torch.rsub, not `1 - alpha`: the reflected operator takes a slow Python path, and this
-            # runs on every backward.
-            grad_h = grad if ctx.additive else torch.mul(grad, torch.rsub(alpha, 1))
-        if needs_s:
-            grad_s = torch.mul(grad, alpha)
-        return grad_h, grad_s, None, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +57,12 @@ class Scaffold(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         h = self.host(x, *args, **kwargs)
-        s = self.seed(_FiniteGrad.apply(x), h, self.host)
+        s = self.seed(x, h, self.host)
         # The fp32 0-dim alpha needs no cast: a 0-dim tensor does not promote a bf16/fp16 blend, and
         # addcmul / lerp round it to the blend's dtype exactly as a cast would (the fold uses that value).
-        y = _Blend.apply(h, s, self.alpha, self.additive)
+        # Autograd saves only alpha for them (it needs no gradient) and passes the additive host
+        # gradient through without an op.
+        y = torch.addcmul(h, s, self.alpha) if self.additive else torch.lerp(h, s, self.alpha)
         if self.record_site:
             self.site = SiteTensors(h, h.detach() + s if self.additive else s)
         return y

@@ -107,35 +107,79 @@ def test_gradient_accumulation_over_four_micro_batches():
     assert worker.step_losses("local-1").numel() == 5
 
 
-def test_nan_in_live_seed_is_cut_then_pruned_and_host_stays_finite():
-    """NaN in a live seed mid-interval: host stays finite, alpha is 0 from the next forward, pruned next boundary."""
-    model, optimizer, worker = _worker()
+def _host_snapshot(model, optimizer) -> list[torch.Tensor]:
+    """Every host parameter and its optimiser state tensors, copied."""
+    host = [p for name, p in model.named_parameters() if ".seed." not in name]
+    return [t.clone() for p in host for t in (p, *optimizer.state[p].values())]
+
+
+def test_nan_in_live_seed_is_cut_then_pruned_and_host_never_sees_it():
+    """NaN written into a live seed mid-interval (fused Adam): that step's update is skipped on device, so every host
+    parameter and its Adam state stay bit-identical; from the next forward alpha is 0, the seed finite and the site
+    output exactly the host's; training goes on finite and the next boundary prunes with the step of the NaN."""
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    worker = KasminaWorker(model, optimizer, job="opt")
     worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, policy=schedule(warmup_ckpts=1, hold_ckpts=5)))
     worker.checkpoint(step=0)
     scaffold = worker.scaffolds["local-1"]
     train(worker, optimizer, steps=3)
     assert float(scaffold.alpha) == 0.5
+    before = _host_snapshot(model, optimizer)
     with torch.no_grad():
         scaffold.seed.a[0, 0] = float("nan")
     x, y = batch(3, (8, 12), 6)
     loss = worker.step_loss(F.mse_loss(worker.model(x), y))
     optimizer.zero_grad()
     loss.backward()
+    assert not all(torch.isfinite(p.grad).all() for p in scaffold.host.parameters())  # the host's grads are NaN
     optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, _host_snapshot(model, optimizer), strict=True))
     assert float(scaffold.alpha) == 0.0  # the first forward after detection already uses it
+    assert all(torch.isfinite(p).all() for p in scaffold.seed.parameters())
     with torch.no_grad():
         assert torch.equal(scaffold(x), scaffold.host(x))
     losses = train(worker, optimizer, steps=4, start=4)
     assert all(math.isfinite(v) for v in losses)
-    assert all(torch.isfinite(p).all() for p in scaffold.host.parameters())
-    assert all(torch.isfinite(p).all() for name, p in model.named_parameters() if ".seed." not in name)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
     summary = worker.checkpoint(step=8)
     assert "local-1" not in worker.scaffolds and model.fc1 is scaffold.host
     assert summary.scaffold("local-1").stage == "SCAFFOLD_STAGE_PRUNED"
-    (event,) = summary.events
-    assert event.scaffold_id == "local-1" and event.kind == "non_finite" and event.step == 3
-    assert summary.report.safety_events[0] == event
+    assert sorted((e.scaffold_id, e.kind, e.step) for e in summary.events) == [("local-1", "non_finite", 3)] * 2
+    assert summary.report.safety_events[0] == summary.events[0]
     assert all(math.isfinite(v) for v in train(worker, optimizer, steps=3, start=8))
+
+
+def test_non_finite_seed_gradient_never_reaches_a_parameter():
+    """A NaN in a live seed's gradient (plain Adam): the update leaves the seed's parameters and Adam state and
+    every host parameter finite, alpha is 0 from the next forward (the site output exactly the host's), and the
+    next boundary prunes it as non_finite at that step, the loss breaker untouched."""
+    model, optimizer, worker = _worker()
+    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, policy=schedule(warmup_ckpts=1, hold_ckpts=5)))
+    worker.checkpoint(step=0)
+    scaffold = worker.scaffolds["local-1"]
+    train(worker, optimizer, steps=3)
+    x, y = batch(3, (8, 12), 6)
+    loss = worker.step_loss(F.mse_loss(worker.model(x), y))
+    poison = scaffold.seed.b.register_hook(lambda grad: grad * math.nan)
+    optimizer.zero_grad()
+    loss.backward()
+    poison.remove()
+    assert torch.isnan(scaffold.seed.b.grad).all()
+    optimizer.step()
+    assert float(scaffold.alpha) == 0.0
+    seed_tensors = [t for p in scaffold.seed.parameters() for t in (p, *optimizer.state[p].values())]
+    assert all(torch.isfinite(t).all() for t in seed_tensors)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with torch.no_grad():
+        assert torch.equal(scaffold(x), scaffold.host(x))
+    assert all(math.isfinite(v) for v in train(worker, optimizer, steps=2, start=4))
+    summary = worker.checkpoint(step=6)
+    assert [(e.scaffold_id, e.kind, e.step, e.detail) for e in summary.events] == [
+        ("local-1", "non_finite", 3, "non-finite seed parameter or gradient")
+    ]
+    assert not worker.scaffolds
 
 
 def test_loss_spike_cuts_every_live_scaffold():
@@ -193,6 +237,8 @@ def test_breaker_records_the_first_trip_per_check_and_every_kind_seen():
     breakers.observe(torch.tensor(50.0), 7)
     seed[1] = math.nan
     breakers.observe(torch.tensor(1.0), 8)
+    breakers.before_step()  # the optimiser step after step 8 judges the seeds
+    assert not seed.isnan().any()  # and leaves them finite
     breakers.observe(torch.tensor(math.nan), 9)
     loss_trip, (other, guarded) = breakers.settle()
     assert loss_trip == Trip(TRIP_LOSS_SPIKE | TRIP_NON_FINITE, 7)
@@ -205,8 +251,8 @@ def test_breaker_records_the_first_trip_per_check_and_every_kind_seen():
 
 def test_seed_guard_cuts_only_the_seed_whose_parameter_turned_non_finite():
     """Seeds with several parameters: an Inf in the second parameter of one seed cuts that seed's
-    alpha alone, from that step on, and its trip keeps that first step when its first parameter
-    turns NaN later; the other seed and the loss breaker record no trip."""
+    alpha alone at the optimiser step after it, and its trip keeps that first step when its first
+    parameter turns NaN later; the other seed and the loss breaker record no trip."""
     ring = StepLossRing(window=20, device=torch.device("cpu"))
     breakers = Breakers(BreakerConfig(), ring, torch.device("cpu"))
     kept_alpha, cut_alpha = torch.tensor(0.5), torch.tensor(0.75)
@@ -214,12 +260,16 @@ def test_seed_guard_cuts_only_the_seed_whose_parameter_turned_non_finite():
     breakers.arm([Watch(kept_alpha, [torch.ones(2), torch.ones(3)]), Watch(cut_alpha, [poisoned_later, poisoned])])
     for step in range(3):
         breakers.observe(torch.tensor(1.0), step)
+        breakers.before_step()
     assert float(cut_alpha) == 0.75
     poisoned[2] = math.inf
     breakers.observe(torch.tensor(1.0), 3)
+    breakers.before_step()
+    assert float(cut_alpha) == 0.0 and poisoned[2] == 0
     poisoned_later[0] = math.nan
     for step in range(4, 6):
         breakers.observe(torch.tensor(1.0), step)
+        breakers.before_step()
     assert (float(kept_alpha), float(cut_alpha)) == (0.5, 0.0)
     assert breakers.settle() == (Trip(), [Trip(), Trip(TRIP_NON_FINITE, 3)])
 
