@@ -12,6 +12,7 @@ from collections.abc import Callable
 import structlog
 
 from kasmina_worker.link.worker_link import LinkError, WorkerLink
+from narset.contract.limits import fit_to_ranges
 from narset.contract.reasons import JOB_NOT_FOUND, SESSION_SUPERSEDED
 from narset.v1 import command_pb2, telemetry_pb2, worker_service_pb2
 
@@ -88,6 +89,11 @@ class NarsetTransport:
         outgoing = worker_service_pb2.ReportBoundaryRequest()
         outgoing.CopyFrom(report)
         _drop_non_finite(outgoing)
+        # Narset refuses a whole report with a number outside its documented range; a rounding slip
+        # (alpha a hair below 0) would otherwise hold back every later report and the commands due.
+        fitted = fit_to_ranges(outgoing)
+        if fitted:
+            log.warning("narset_report_fitted", job=report.job_id, boundary=report.boundary, fields=fitted)
         held_ids = {r.command_id for r in self._held_results}
         fresh_results = [r for r in outgoing.results if r.command_id not in held_ids]
         del outgoing.results[:]

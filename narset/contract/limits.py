@@ -23,12 +23,15 @@ __all__ = [
     "MAX_BOUNDARY",
     "MAX_ITEMS",
     "MAX_TEXT",
+    "RANGES",
     "SHOWN_CHARS",
     "SHOWN_MESSAGE_CHARS",
     "clip",
     "derived_id",
+    "fit_to_ranges",
     "identifier_error",
     "limit_error",
+    "range_error",
     "shown",
 ]
 
@@ -44,6 +47,41 @@ MAX_ITEMS = 10_000  # entries in any repeated or map field of a request
 MAX_TEXT = 4_096  # characters in any string of a request (names, reasons, messages, details)
 SHOWN_CHARS = 200  # a refused value is echoed in messages and logs cut to this many characters
 SHOWN_MESSAGE_CHARS = 1_000  # and a whole refusal message (which may echo several) to this many
+
+# The documented range of numeric request fields beyond finiteness, by the field's full name (both ends
+# inclusive; None: open). Measurements a worker reports that are ratios, norms, counts or durations
+# cannot be negative; alpha is a blend weight. Fields whose sign carries meaning (a probe loss, G1's
+# relative delta, G3's foldability) are only held finite.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "narset.v1.ScaffoldReport.alpha": (0.0, 1.0),
+    "narset.v1.ScaffoldReport.age_ckpts": (0, None),
+    "narset.v1.ScaffoldReport.ttl_ckpts": (0, None),
+    "narset.v1.ScaffoldReport.extensions": (0, None),
+    "narset.v1.ScaffoldReport.seed_parameters": (0, None),
+    "narset.v1.GateTelemetry.svd_energy": (0.0, 1.0),
+    "narset.v1.GateTelemetry.jitter_p95": (0.0, None),
+    "narset.v1.GateTelemetry.drift": (0.0, None),
+    "narset.v1.GateTelemetry.step_time_ratio": (0.0, None),
+    "narset.v1.GateTelemetry.memory_fraction": (0.0, None),
+    "narset.v1.ReportBoundaryRequest.step": (0, None),
+    "narset.v1.ReportBoundaryRequest.step_time_ms": (0.0, None),
+    "narset.v1.RegionSignal.grad_norm": (0.0, None),
+    "narset.v1.RegionSignal.update_ratio": (0.0, None),
+    "narset.v1.SafetyEvent.step": (0, None),
+    "narset.v1.CommandResult.boundary": (0, MAX_BOUNDARY),
+    "narset.v1.RankInfo.rank": (0, None),
+    "narset.v1.RankInfo.pid": (0, None),
+    "narset.v1.ModuleInfo.in_features": (0, None),
+    "narset.v1.ModuleInfo.out_features": (0, None),
+    "narset.v1.ParameterInfo.shape": (0, None),
+    "narset.v1.ConvInfo.in_channels": (0, None),
+    "narset.v1.ConvInfo.out_channels": (0, None),
+    "narset.v1.ConvInfo.kernel_size": (0, None),
+    "narset.v1.ConvInfo.stride": (0, None),
+    "narset.v1.ConvInfo.padding": (0, None),
+    "narset.v1.ConvInfo.dilation": (0, None),
+    "narset.v1.ConvInfo.groups": (0, None),
+}
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]*")
 _F = FieldDescriptor
@@ -88,9 +126,9 @@ def identifier_error(field: str, value: str, limit: int = ID_MAX) -> FieldError 
 def limit_error(message: Message, prefix: str = "") -> FieldError | None:
     """The first field of `message` (recursively) over a documented limit, or None.
 
-    Every enum value must be a known one, every number finite, every string at most MAX_TEXT
-    characters and every repeated or map field at most MAX_ITEMS entries. Counts are checked before
-    the entries, so a huge list is refused without walking it.
+    Every enum value must be a known one, every number finite and within its RANGES entry, every
+    string at most MAX_TEXT characters and every repeated or map field at most MAX_ITEMS entries.
+    Counts are checked before the entries, so a huge list is refused without walking it.
     """
     for field, value in message.ListFields():
         path = f"{prefix}.{field.name}" if prefix else field.name
@@ -142,4 +180,58 @@ def _value_error(field: FieldDescriptor, value: object, path: str) -> FieldError
         return FieldError(path, f"is {len(value)} characters long; at most {MAX_TEXT}")
     if field.type in (_F.TYPE_DOUBLE, _F.TYPE_FLOAT) and not math.isfinite(value):
         return FieldError(path, f"must be finite, got {value}")
-    return None
+    bounds = RANGES.get(field.full_name)
+    return None if bounds is None else range_error(path, value, *bounds)
+
+
+def range_error(field: str, value: float, low: float | None, high: float | None) -> FieldError | None:
+    """Why `value` of `field` is outside [low, high] (None: open at that end), or None."""
+    if (low is None or value >= low) and (high is None or value <= high):
+        return None
+    if high is None:
+        return FieldError(field, f"must be >= {_number(low)}, got {_number(value)}")
+    if low is None:
+        return FieldError(field, f"must be <= {_number(high)}, got {_number(value)}")
+    return FieldError(field, f"must be in [{_number(low)}, {_number(high)}], got {_number(value)}")
+
+
+def fit_to_ranges(message: Message, prefix: str = "") -> list[str]:
+    """Bring every finite number of `message` (recursively) inside its RANGES entry, as a sender does
+    before Narset would refuse the whole message: an optional field is cleared (read as unmeasured),
+    any other clamped to the nearer end. Returns the paths of the fields changed."""
+    changed: list[str] = []
+    for field, value in message.ListFields():
+        path = f"{prefix}.{field.name}" if prefix else field.name
+        if field.type == _F.TYPE_MESSAGE:
+            if not field.message_type.GetOptions().map_entry:
+                items = enumerate(value) if field.is_repeated else ((None, value),)
+                for i, item in items:
+                    changed += fit_to_ranges(item, path if i is None else f"{path}[{i}]")
+            continue
+        bounds = RANGES.get(field.full_name)
+        if bounds is None:
+            continue
+        for i, item in enumerate(value) if field.is_repeated else ((None, value),):
+            fitted = _clamped(item, *bounds)
+            if fitted == item or not math.isfinite(item):
+                continue
+            if i is not None:
+                value[i] = fitted
+            elif field.has_presence:
+                message.ClearField(field.name)
+            else:
+                setattr(message, field.name, fitted)
+            changed.append(path if i is None else f"{path}[{i}]")
+    return changed
+
+
+def _clamped(value: float, low: float | None, high: float | None) -> float:
+    if low is not None and value < low:
+        return type(value)(low)
+    if high is not None and value > high:
+        return type(value)(high)
+    return value
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

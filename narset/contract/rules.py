@@ -25,7 +25,9 @@ __all__ = [
     "SAFETY_FLAGS",
     "TTL_LIMIT_FACTOR",
     "blueprint_fit_errors",
+    "blueprint_param_errors",
     "blueprint_param_values",
+    "blueprint_spec_errors",
     "persist_error",
     "protected_region_error",
     "protocol_error",
@@ -127,6 +129,29 @@ def tied_parameter_error(module_name: str, modules: Iterable[job_pb2.ModuleInfo]
     )
 
 
+def blueprint_spec_errors(blueprint: job_pb2.Blueprint, prefix: str = "blueprint") -> list[FieldError]:
+    """Every declared parameter of `blueprint` that is unnamed, declared twice, or whose range is empty or
+    misses its default (min <= default <= max, integral for an integer parameter)."""
+    errors: list[FieldError] = []
+    seen: set[str] = set()
+    for i, param in enumerate(blueprint.params):
+        field = f"{prefix}.params[{i}]"
+        if not param.name or param.name in seen:
+            errors.append(FieldError(f"{field}.name", f"must be a new parameter name, got {param.name!r}"))
+        elif param.min > param.max:
+            errors.append(FieldError(f"{field}.min", f"must be <= max {param.max:g}, got {param.min:g}"))
+        elif not param.min <= param.default_value <= param.max:
+            errors.append(
+                FieldError(
+                    f"{field}.default_value", f"must be in [{param.min:g}, {param.max:g}], got {param.default_value:g}"
+                )
+            )
+        elif param.integer and param.default_value != int(param.default_value):
+            errors.append(FieldError(f"{field}.default_value", f"must be an integer, got {param.default_value:g}"))
+        seen.add(param.name)
+    return errors
+
+
 def raised_flags(gates: telemetry_pb2.GateTelemetry) -> tuple[str, ...]:
     """The safety flags set in `gates`, in `SAFETY_FLAGS` order."""
     return tuple(flag for flag in SAFETY_FLAGS if getattr(gates, flag))
@@ -139,11 +164,14 @@ def blueprint_param_values(blueprint: job_pb2.Blueprint, given: Mapping[str, flo
     return values
 
 
-def _param_errors(blueprint: job_pb2.Blueprint, params: Mapping[str, float]) -> list[FieldError]:
+def blueprint_param_errors(
+    blueprint: job_pb2.Blueprint, params: Mapping[str, float], prefix: str = "deploy.blueprint_params"
+) -> list[FieldError]:
+    """Every given parameter the blueprint does not declare, or outside its declared range."""
     errors: list[FieldError] = []
     known = {p.name: p for p in blueprint.params}
     for name, value in params.items():
-        field = f"deploy.blueprint_params.{name}"
+        field = f"{prefix}.{name}"
         spec = known.get(name)
         if spec is None:
             known_names = ", ".join(known) or "none"
@@ -286,7 +314,7 @@ def blueprint_fit_errors(
     blueprint: job_pb2.Blueprint, module: job_pb2.ModuleInfo, params: Mapping[str, float]
 ) -> list[FieldError]:
     """Why `blueprint` cannot be built on `module` with `params`; empty when it fits."""
-    errors = [*_param_errors(blueprint, params), *_host_errors(blueprint, module)]
+    errors = [*blueprint_param_errors(blueprint, params), *_host_errors(blueprint, module)]
     if errors:
         return errors
     return _blueprint_specific_errors(blueprint, module, blueprint_param_values(blueprint, params))

@@ -16,7 +16,7 @@ import structlog
 from narset.contract import reasons
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
 from narset.contract.limits import BASE_ID_MAX, MAX_BOUNDARY
-from narset.contract.rules import protocol_error
+from narset.contract.rules import blueprint_spec_errors, protocol_error
 from narset.contract.scaffold_policy import effective_policy
 from narset.contract.stages import LIVE_STAGES
 from narset.control.credentials import digest, new_credential, same_digest
@@ -128,6 +128,9 @@ def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
                 f"attach.blueprints[{i}].host_types",
                 f"blueprint '{blueprint.name}' needs a host type",
             )
+        errors = blueprint_spec_errors(blueprint, f"attach.blueprints[{i}]")
+        if errors:
+            raise Refusal.of(reasons.INVALID_FIELD, errors)
     _check_unique_names("attach.regions", "region", request.regions)
     for i, region in enumerate(request.regions):
         if not region.patterns:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from narset.contract import reasons
+from narset.contract.rules import blueprint_param_errors
+from narset.contract.scaffold_policy import effective_policy, policy_errors
 from narset.control.errors import Refusal
 from narset.v1 import job_pb2
 
@@ -35,8 +38,8 @@ def job_policy_of(store: Store, job_id: str) -> job_pb2.JobPolicy:
     return store.get_policy(job_id) or default_job_policy()
 
 
-def validate_job_policy(policy: job_pb2.JobPolicy, blueprint_names: set[str]) -> None:
-    """Raise INVALID_ARGUMENT naming the first bad field of `policy`."""
+def validate_job_policy(policy: job_pb2.JobPolicy, blueprints: Mapping[str, job_pb2.Blueprint]) -> None:
+    """Raise INVALID_ARGUMENT naming the first bad field of `policy`; `blueprints`: the catalogue by name."""
     for name in (
         "max_live_scaffolds",
         "max_scaffolds_per_region",
@@ -49,7 +52,8 @@ def validate_job_policy(policy: job_pb2.JobPolicy, blueprint_names: set[str]) ->
             raise Refusal(reasons.INVALID_FIELD, f"policy.{name}", f"must be >= 0, got {value}")
     auto = policy.auto
     if auto.enabled:
-        _check_blueprint("policy.auto.blueprint", auto.blueprint, blueprint_names)
+        _check_blueprint("policy.auto.blueprint", auto.blueprint, blueprints)
+    _check_deploy_settings("policy.auto", blueprints.get(auto.blueprint), auto)
     if auto.plateau_window < 0:
         raise Refusal(reasons.INVALID_FIELD, "policy.auto.plateau_window", f"must be >= 0, got {auto.plateau_window}")
     if not (math.isfinite(auto.plateau_rel_delta) and auto.plateau_rel_delta >= 0):
@@ -58,17 +62,30 @@ def validate_job_policy(policy: job_pb2.JobPolicy, blueprint_names: set[str]) ->
             "policy.auto.plateau_rel_delta",
             f"must be a finite number >= 0, got {auto.plateau_rel_delta}",
         )
-    _check_warm_start(auto.warm_start, blueprint_names)
+    _check_warm_start(auto.warm_start, blueprints)
 
 
-def _check_blueprint(field: str, name: str, blueprint_names: set[str]) -> None:
-    if name not in blueprint_names:
+def _check_blueprint(field: str, name: str, blueprints: Mapping[str, job_pb2.Blueprint]) -> None:
+    if name not in blueprints:
         raise Refusal(
-            reasons.INVALID_FIELD, field, f"unknown blueprint '{name}' (known: {', '.join(sorted(blueprint_names))})"
+            reasons.INVALID_FIELD, field, f"unknown blueprint '{name}' (known: {', '.join(sorted(blueprints))})"
         )
 
 
-def _check_warm_start(warm: job_pb2.WarmStart, blueprint_names: set[str]) -> None:
+def _check_deploy_settings(
+    field: str, blueprint: job_pb2.Blueprint | None, settings: job_pb2.AutoPolicy | job_pb2.WarmStartSite
+) -> None:
+    """The parameters and scaffold policy a trigger deploys with, held to the rules of a deploy command
+    now rather than refused at the boundary the trigger fires (an unknown blueprint is refused by name)."""
+    if blueprint is None:
+        return
+    errors = blueprint_param_errors(blueprint, settings.blueprint_params, f"{field}.blueprint_params")
+    errors += policy_errors(effective_policy(blueprint, settings.scaffold_policy), f"{field}.scaffold_policy")
+    if errors:
+        raise Refusal.of(reasons.INVALID_FIELD, errors)
+
+
+def _check_warm_start(warm: job_pb2.WarmStart, blueprints: Mapping[str, job_pb2.Blueprint]) -> None:
     if len(warm.sites) > MAX_WARM_START_SITES:
         raise Refusal(
             reasons.INVALID_FIELD,
@@ -84,4 +101,5 @@ def _check_warm_start(warm: job_pb2.WarmStart, blueprint_names: set[str]) -> Non
         if not site.region:
             raise Refusal(reasons.INVALID_FIELD, f"{field}.region", "is required")
         if site.blueprint:
-            _check_blueprint(f"{field}.blueprint", site.blueprint, blueprint_names)
+            _check_blueprint(f"{field}.blueprint", site.blueprint, blueprints)
+            _check_deploy_settings(field, blueprints[site.blueprint], site)

@@ -101,7 +101,7 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
 
     def SetPolicy(self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.SetPolicyResponse:
         job = self._job(request.job_id)
-        validate_job_policy(request.policy, {b.name for b in self._store.list_blueprints()})
+        validate_job_policy(request.policy, {b.name: b for b in self._store.list_blueprints()})
         with self._store.transaction():
             self._store.put_policy(job.job_id, request.policy)
             self._events.emit(

@@ -41,7 +41,10 @@ class WorkerServiceStub:
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
     128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
     strings of at most 4096 characters; at most 10000 entries in any repeated or map field; every
-    number finite; every enum value a known one; boundaries in [0, 2^53 - 1]. Command and decision ids
+    number finite and in its documented range (limits.py RANGES: alpha in [0, 1]; reported ratios, norms,
+    durations, steps, counts and sizes >= 0); a blueprint parameter's min <= default <= max; a policy's
+    deploy settings held to a deploy's rules; every enum value a known one; boundaries in
+    [0, 2^53 - 1]. Command and decision ids
     are scoped per job; an id Narset derives from a scaffold id ("<scaffold>.prune.b<N>") that would
     exceed 128 characters has the scaffold id cut and marked "@" + 8 hex digits of its SHA-256.
     A refused value is echoed cut to 200 characters.
@@ -108,7 +111,10 @@ class WorkerServiceServicer:
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
     128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
     strings of at most 4096 characters; at most 10000 entries in any repeated or map field; every
-    number finite; every enum value a known one; boundaries in [0, 2^53 - 1]. Command and decision ids
+    number finite and in its documented range (limits.py RANGES: alpha in [0, 1]; reported ratios, norms,
+    durations, steps, counts and sizes >= 0); a blueprint parameter's min <= default <= max; a policy's
+    deploy settings held to a deploy's rules; every enum value a known one; boundaries in
+    [0, 2^53 - 1]. Command and decision ids
     are scoped per job; an id Narset derives from a scaffold id ("<scaffold>.prune.b<N>") that would
     exceed 128 characters has the scaffold id cut and marked "@" + 8 hex digits of its SHA-256.
     A refused value is echoed cut to 200 characters.
@@ -199,7 +205,10 @@ class WorkerService:
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
     128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
     strings of at most 4096 characters; at most 10000 entries in any repeated or map field; every
-    number finite; every enum value a known one; boundaries in [0, 2^53 - 1]. Command and decision ids
+    number finite and in its documented range (limits.py RANGES: alpha in [0, 1]; reported ratios, norms,
+    durations, steps, counts and sizes >= 0); a blueprint parameter's min <= default <= max; a policy's
+    deploy settings held to a deploy's rules; every enum value a known one; boundaries in
+    [0, 2^53 - 1]. Command and decision ids
     are scoped per job; an id Narset derives from a scaffold id ("<scaffold>.prune.b<N>") that would
     exceed 128 characters has the scaffold id cut and marked "@" + 8 hex digits of its SHA-256.
     A refused value is echoed cut to 200 characters.
