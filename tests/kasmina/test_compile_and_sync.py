@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from kasmina_testing import MLP, batch, deploy, result_ok, schedule
+from kasmina_testing import MLP, MLP3, batch, deploy, result_ok, schedule
+from torch._dynamo.utils import counters
 
 from kasmina_worker import KasminaWorker
 
@@ -22,6 +23,7 @@ def test_alpha_changes_at_200_boundaries_do_not_recompile():
     optimizer.zero_grad()
     F.mse_loss(compiled(x), y).backward()  # first compile, outside the stance
     alphas = []
+    counters.clear()
     with torch.compiler.set_stance("fail_on_recompile"):
         for step in range(200):
             loss = worker.step_loss(F.mse_loss(worker.model(x), y))
@@ -32,8 +34,36 @@ def test_alpha_changes_at_200_boundaries_do_not_recompile():
             alphas.append(summary.scaffold("local-1").alpha)
             assert summary.scaffold("local-1").stage == "SCAFFOLD_STAGE_GRAFTING"
     assert worker.model is compiled
+    assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 0  # nothing traced again
     assert len(set(alphas)) == 200 and alphas == sorted(alphas)
     assert float(worker.scaffolds["local-1"].alpha) == alphas[-1]
+
+
+def test_scaffolds_trace_into_the_models_graph_without_graph_breaks():
+    """A model with a live additive (LoRA) and a live residual scaffold is one dynamo graph with 0 graph breaks, as
+    without them; compiled training steps through the worker (blend, breakers, seed guards) add none."""
+    torch.manual_seed(0)
+    model = MLP3()
+    x, y = batch(0, (8, 12), 6)
+    plain = torch._dynamo.explain(model)(x)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    worker = KasminaWorker(model, optimizer, job="breaks", wrap=torch.compile)
+    worker.submit(deploy("fc1", "lora", command_id="a", blueprint_params={"rank": 2}))
+    worker.submit(deploy("fc2", "residual_mlp", command_id="b", blueprint_params={"hidden": 4}))
+    summary = worker.checkpoint(step=0)
+    result_ok(summary, 0)
+    result_ok(summary, 1)
+    scaffolded = torch._dynamo.explain(model)(x)
+    assert (plain.graph_count, plain.graph_break_count) == (1, 0)
+    assert (scaffolded.graph_count, scaffolded.graph_break_count) == (1, 0), scaffolded.break_reasons
+    assert scaffolded.op_count > plain.op_count  # the scaffolds are in the graph
+    counters.clear()
+    for _ in range(3):
+        loss = worker.step_loss(F.mse_loss(worker.model(x), y))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 1
 
 
 def _raise(*args, **kwargs):
