@@ -41,6 +41,7 @@ from torch import nn
 
 from kasmina_worker import BoundarySummary, KasminaWorker, blueprint_names
 from narset.v1 import command_pb2, telemetry_pb2
+from narset_demo.digits import DigitsMLP, digits_split
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -161,18 +162,6 @@ class TaskData:
     vocab: int = 0
 
 
-def _split_digits() -> tuple[Batch, Batch, Batch]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.long)
-    # One fixed split for every seed: the seed varies initialisation and batch order only.
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[order], y[order]
-    return (x[:1000], y[:1000]), (x[1000:1300], y[1000:1300]), (x[1300:], y[1300:])
-
-
 def _classification(train: Batch, val: Batch, test: Batch) -> TaskData:
     train_x, train_y = train
 
@@ -217,20 +206,10 @@ def _char_lm(context: int = 64) -> TaskData:
 def task_data(name: str) -> TaskData:
     if name == "char-lm":
         return _char_lm()
-    train, val, test = _split_digits()
+    train, val, test = digits_split()
     if name == "digits-conv":
         train, val, test = ((x.view(-1, 1, 8, 8), y) for x, y in (train, val, test))
     return _classification(train, val, test)
-
-
-class DigitsMLP(nn.Module):
-    def __init__(self, hidden: int = 16) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(64, hidden)
-        self.fc2 = nn.Linear(hidden, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x)))
 
 
 class DigitsConv(nn.Module):

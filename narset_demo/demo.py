@@ -27,7 +27,6 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import cache
 from pathlib import Path
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -92,26 +91,19 @@ class ScaffoldedRun:
     """(loss, accuracy) of the host after the exits."""
 
 
-@cache
 def _data():
-    """The digits split of the evidence harness: one fixed split for every seed."""
-    import torch
-    from sklearn.datasets import load_digits
+    from narset_demo.digits import digits_split
 
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.long)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[order], y[order]
-    return (x[:1000], y[:1000]), (x[1000:1300], y[1000:1300]), (x[1300:], y[1300:])
+    return digits_split()
 
 
 def _model(hidden: int, seed: int):
     import torch
-    from torch import nn
+
+    from narset_demo.digits import DigitsMLP
 
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    return DigitsMLP(hidden)
 
 
 def _evaluate(model, x, y) -> tuple[float, float]:
@@ -198,7 +190,7 @@ def _scaffolded_run(config: DemoConfig, seed: int, address: str, say: Callable[[
         narset=address,
         probe=[(val_x, val_y)],
         loss_fn=nn.functional.cross_entropy,
-        regions={"fc1": ["0"], "fc2": ["2"]},
+        regions={"fc1": ["fc1"], "fc2": ["fc2"]},
     )
     run = ScaffoldedRun([], [], None, None, None, [], [], (0.0, 0.0))
     worker.checkpoint(step=0)  # attach and report the starting point
