@@ -229,18 +229,27 @@ class KasminaWorker:
         return self._queue.submit(command)
 
     def step_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        """Add the teaching terms and record the step loss on-device; `loss` itself when idle."""
+        """Add the teaching terms and record the step loss on-device; `loss` itself when idle. One call per
+        optimiser step; with gradient accumulation, `teaching_terms` per micro-batch and `end_step` per step."""
+        extra = self.teaching_terms()
+        self.end_step(loss)
+        return loss if extra is None else loss + extra
+
+    def teaching_terms(self) -> torch.Tensor | None:
+        """The teaching terms of the forward just run (None when there are none), for the step in progress;
+        records nothing. Add them to each micro-batch's loss at the scale the loss has."""
+        return self._teacher.terms(self._steps + 1) if self._teacher.active else None
+
+    def end_step(self, loss: torch.Tensor) -> None:
+        """Count one optimiser step and record its loss, at the scale of one step (the mean over its
+        micro-batches, not a micro-batch's share), for the breakers and G4; no sync. Called before that loss's
+        backward, the breakers cut after it; with a detached loss after the step, they cut at once."""
         self._steps += 1
-        if not self._breakers.armed:
+        if self._breakers.armed:
+            self._breakers.observe(loss, self._steps - 1)
+        else:
             # Recorded idle too (one on-device copy, no sync): the job's own loss noise is G4's reference.
             self._ring.record(loss)
-            return loss
-        self._breakers.observe(loss, self._steps - 1)
-        if self._teacher.active:
-            extra = self._teacher.terms(self._steps)
-            if extra is not None:
-                return loss + extra
-        return loss
 
     def step_losses(self, scaffold_id: str) -> torch.Tensor:
         """The scaffold's step losses in the window since its deploy, oldest first, on-device."""

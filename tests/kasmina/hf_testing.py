@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -40,3 +43,33 @@ def lm_batch(index: int, rows: int = 4, pad: int = 3) -> dict[str, torch.Tensor]
 def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The model's own causal-LM loss on a batch (padding ignored through `labels` -100)."""
     return model(**batch).loss
+
+
+def lm_rows(count: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """A dataset of `count` LM rows (one dict each), padding on odd rows: what a trainer's loader batches."""
+    batch = lm_batch(seed, rows=count)
+    return [{key: value[i] for key, value in batch.items()} for i in range(count)]
+
+
+def host_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What the model holds with every seed removed: each host's tensors (copies) under the site's own name."""
+    state = itertools.chain(model.named_parameters(remove_duplicate=False), model.named_buffers())
+    return {
+        name.replace(".host.", "."): t.detach().clone()
+        for name, t in state
+        if ".seed." not in name and not name.endswith("alpha")
+    }
+
+
+class Plan:
+    """A command source that answers each boundary with the commands planned for it (the same after a resume),
+    and calls `watch(report)` first."""
+
+    def __init__(self, commands: dict[int, list], watch: Callable[[object], None] = lambda report: None) -> None:
+        self.commands, self.watch = commands, watch
+        self.reports: list = []
+
+    def exchange(self, report) -> list:
+        self.reports.append(report)
+        self.watch(report)
+        return list(self.commands.get(report.boundary, []))

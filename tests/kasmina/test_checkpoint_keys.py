@@ -6,19 +6,13 @@ import itertools
 
 import structlog
 import torch
-from hf_testing import lm_batch, lm_loss, tiny_gpt2
+from hf_testing import host_tensors, lm_batch, lm_loss, tiny_gpt2
 from kasmina_testing import MLP, deploy, result_ok, schedule, train
 from transformers import GPT2LMHeadModel
 
 from kasmina_worker import KasminaWorker
 
 LIVE = schedule(warmup_ckpts=1, hold_ckpts=6)
-
-
-def _host_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """What the model would hold with every seed removed: each host's tensors under the site's own name."""
-    state = itertools.chain(model.named_parameters(remove_duplicate=False), model.named_buffers())
-    return {name.replace(".host.", "."): t for name, t in state if ".seed." not in name and not name.endswith("alpha")}
 
 
 def _scaffolded_mlp() -> tuple[MLP, KasminaWorker, torch.optim.Optimizer]:
@@ -46,7 +40,7 @@ def test_live_state_dict_is_the_hosts_under_the_plain_names():
         state = model.state_dict()
     plain = MLP()
     assert list(state) == list(plain.state_dict())
-    assert all(torch.equal(state[k], v) for k, v in _host_tensors(model).items())
+    assert all(torch.equal(state[k], v) for k, v in host_tensors(model).items())
     plain.load_state_dict(state, strict=True)
     warned = {e["scaffold_id"] for e in logs if e["event"] == "live_scaffold_not_in_state_dict"}
     assert warned == {"lora", "mlp"}
@@ -64,7 +58,7 @@ def test_strict_load_of_a_plain_state_into_a_scaffolded_model_leaves_the_seeds()
     torch.manual_seed(7)
     plain = MLP()
     model.load_state_dict(plain.state_dict(), strict=True)
-    assert all(torch.equal(plain.state_dict()[k], v) for k, v in _host_tensors(model).items())
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in host_tensors(model).items())
     for sid, scaffold in worker.scaffolds.items():
         assert float(scaffold.alpha) == alphas[sid]
         assert all(torch.equal(v, seeds[sid][k]) for k, v in scaffold.seed.state_dict().items())
@@ -129,7 +123,7 @@ def test_save_pretrained_during_a_scaffold_life_reloads_the_exact_host(tmp_path)
     model.save_pretrained(tmp_path)
     reloaded, info = GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not any(info.values()), info
-    hosts = _host_tensors(model)
+    hosts = host_tensors(model)
     state = reloaded.state_dict()
     assert state.keys() == hosts.keys() and "transformer.h.0.attn.c_attn.weight" in state
     assert all(torch.equal(state[k], v) for k, v in hosts.items())
