@@ -80,8 +80,18 @@ class NarsetClient:
         except grpc.RpcError as error:
             raise NarsetError.from_rpc(error) from None
 
+    def _pages(self, method: str, request, field: str) -> list:
+        """Every entry of a paged list: the pages Narset answers, each within the message limit."""
+        entries = []
+        while True:
+            response = self._call(method, request)
+            entries.extend(getattr(response, field))
+            if not response.next_page_token:
+                return entries
+            request.page_token = response.next_page_token
+
     def list_jobs(self) -> list[job_pb2.Job]:
-        return list(self._call("ListJobs", pb.ListJobsRequest()).jobs)
+        return self._pages("ListJobs", pb.ListJobsRequest(), "jobs")
 
     def get_job(self, job_id: str) -> pb.GetJobResponse:
         return self._call("GetJob", pb.GetJobRequest(job_id=job_id))
@@ -103,7 +113,7 @@ class NarsetClient:
         return self._call("GetScaffold", pb.GetScaffoldRequest(job_id=job_id, scaffold_id=scaffold_id)).scaffold
 
     def list_commands(self, job_id: str, states: Iterable[int] = ()) -> list[command_pb2.CommandRecord]:
-        return list(self._call("ListCommands", pb.ListCommandsRequest(job_id=job_id, states=list(states))).commands)
+        return self._pages("ListCommands", pb.ListCommandsRequest(job_id=job_id, states=list(states)), "commands")
 
     def list_decisions(self, job_id: str) -> list[telemetry_pb2.Decision]:
         return list(self._call("ListDecisions", pb.ListDecisionsRequest(job_id=job_id)).decisions)

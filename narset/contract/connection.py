@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from narset.contract.limits import message_size_options
+
 if TYPE_CHECKING:
     import grpc
 
@@ -73,11 +75,13 @@ class Connection:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     def channel(self, address: str, options: Sequence[tuple[str, object]] = ()) -> grpc.Channel:
-        """A channel to `address`: TLS when a CA or a client certificate is configured, else plain text."""
+        """A channel to `address`: TLS when a CA or a client certificate is configured, else plain text;
+        messages up to the one limit both ways (`narset.contract.limits.MAX_MESSAGE_BYTES`)."""
         # Imported here: a training process imports this module (in the worker's link) and must hold
         # no gRPC state when it forks; only the link's child process opens channels.
         import grpc
 
+        options = [*message_size_options(), *options]
         if self.tls_ca is None and self.tls_cert is None:
             return grpc.insecure_channel(address, options=options)
         credentials = grpc.ssl_channel_credentials(

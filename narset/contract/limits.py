@@ -21,7 +21,9 @@ __all__ = [
     "BASE_ID_MAX",
     "ID_MAX",
     "MAX_BOUNDARY",
+    "MAX_COMMAND_BYTES",
     "MAX_ITEMS",
+    "MAX_MESSAGE_BYTES",
     "MAX_TEXT",
     "RANGES",
     "SHOWN_CHARS",
@@ -31,6 +33,7 @@ __all__ = [
     "fit_to_ranges",
     "identifier_error",
     "limit_error",
+    "message_size_options",
     "range_error",
     "shown",
 ]
@@ -44,6 +47,14 @@ _HASH_MARK = 9  # "@" and 8 hex digits of SHA-256 standing in for the cut end of
 # them (next boundary, embargo end) inside int64.
 MAX_BOUNDARY = 2**53 - 1
 MAX_ITEMS = 10_000  # entries in any repeated or map field of a request
+# The largest message any party sends or receives: Narset (requests and answers), the worker's link
+# and the CLI and Python client all use this one limit, so an answer one side may send the other can
+# always receive. Answers that would exceed it are paged, split across boundaries, or refused before
+# any change.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A command's encoded size: several always fit one ReportBoundary answer, so the commands due reach
+# the job over the next boundaries, however large each is.
+MAX_COMMAND_BYTES = 256 * 1024
 MAX_TEXT = 4_096  # characters in any string of a request (names, reasons, messages, details)
 SHOWN_CHARS = 200  # a refused value is echoed in messages and logs cut to this many characters
 SHOWN_MESSAGE_CHARS = 1_000  # and a whole refusal message (which may echo several) to this many
@@ -85,6 +96,11 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]*")
 _F = FieldDescriptor
+
+
+def message_size_options(limit: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """gRPC channel and server options holding both directions to `limit` bytes."""
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
 
 
 def clip(text: str, limit: int = SHOWN_CHARS) -> str:

@@ -36,6 +36,7 @@ STATUS_OF_REASON = {
     reasons.ROLLBACK_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
     reasons.GATE_FAILING: grpc.StatusCode.FAILED_PRECONDITION,
     reasons.BUDGET_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    reasons.ANSWER_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     reasons.TOKEN_MISSING: grpc.StatusCode.UNAUTHENTICATED,
     reasons.TOKEN_INVALID: grpc.StatusCode.UNAUTHENTICATED,
     reasons.ROLE_FORBIDS: grpc.StatusCode.PERMISSION_DENIED,

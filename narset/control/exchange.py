@@ -15,7 +15,7 @@ import structlog
 
 from narset.contract import reasons
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
-from narset.contract.limits import BASE_ID_MAX, MAX_BOUNDARY
+from narset.contract.limits import BASE_ID_MAX, MAX_BOUNDARY, MAX_MESSAGE_BYTES
 from narset.contract.rules import blueprint_spec_errors, protocol_error
 from narset.contract.scaffold_policy import effective_policy
 from narset.contract.stages import LIVE_STAGES
@@ -142,11 +142,21 @@ def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
 class Exchange:
     """Attach, report and detach; each a single store transaction."""
 
-    def __init__(self, store: Store, events: EventHub, decisions: DecisionEngine, tactical: TacticalPolicy) -> None:
+    def __init__(
+        self,
+        store: Store,
+        events: EventHub,
+        decisions: DecisionEngine,
+        tactical: TacticalPolicy,
+        command_bytes: int = MAX_MESSAGE_BYTES // 2,
+    ) -> None:
         self._store = store
         self._events = events
         self._decisions = decisions
         self._tactical = tactical
+        # Encoded bytes of commands one report's answer carries (half the message limit: room for the
+        # decisions); the rest wait, in order, for the next boundaries.
+        self._command_bytes = command_bytes
 
     def _session_job(self, job_id: str, session_id: str, field: str) -> job_pb2.Job:
         """The job whose current session `session_id` (the worker credential) is; refused otherwise."""
@@ -387,18 +397,24 @@ class Exchange:
     def _deliver(
         self, job: job_pb2.Job, boundary: int, policy: job_pb2.JobPolicy
     ) -> list[command_pb2.AdaptationCommand]:
-        """Commands due now, in ledger order, within the per-boundary fold and prune budgets.
+        """Commands due now, in ledger order, within the per-boundary fold and prune budgets and the
+        answer's room for commands (a command is at most a quarter of it: the guard's limit).
 
         Commands delivered earlier without a result yet are sent again (the worker dedups by id).
         """
         budget = {"fold": policy.max_folds_per_boundary, "prune": policy.max_prunes_per_boundary}
         due: list[command_pb2.AdaptationCommand] = []
+        room = self._command_bytes
         for record in self._store.list_commands(job.job_id, IN_FLIGHT):
             action = record.command.WhichOneof("action")
+            size = record.command.ByteSize()
+            if due and size > room:
+                break  # the answer is full: this command and the later ones are delivered next time
             if action in budget:
                 if budget[action] <= 0:
                     continue  # over this boundary's budget: stays queued for the next one
                 budget[action] -= 1
+            room -= size
             due.append(record.command)
             if record.state == _S.COMMAND_STATE_PENDING:
                 record.state = _S.COMMAND_STATE_DELIVERED

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
+from narset.contract.limits import message_size_options
 from narset.control.decisions import DecisionEngine
 from narset.control.events import EventHub
 from narset.control.exchange import Exchange
@@ -84,14 +85,18 @@ class NarsetServer:
         store.on_commit = metrics.store_commit_seconds.observe
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[Guard(Authority(self.settings.tokens), store, metrics)],
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 4 * limit)],
+            interceptors=[Guard(Authority(self.settings.tokens), store, metrics, limit)],
+            options=message_size_options(limit),
         )
         ledger = CommandLedger(store, events)
-        exchange = Exchange(store, events, DecisionEngine(store, ledger, events), TacticalPolicy(store, ledger, events))
+        exchange = Exchange(
+            store, events, DecisionEngine(store, ledger, events), TacticalPolicy(store, ledger, events), limit // 2
+        )
         worker_service = WorkerService(exchange, self.settings.stale_session_s, metrics)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(worker_service, server)
-        operator_service_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorService(store, ledger, events), server)
+        operator_service_pb2_grpc.add_OperatorServiceServicer_to_server(
+            OperatorService(store, ledger, events, limit - 1024), server
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -7,7 +7,8 @@ reason MALFORMED_REQUEST, not UNKNOWN), checks every field against the documente
 (`narset.contract.limits`) before any logic runs, checks that the caller's role admits the method
 and its job patterns the job, and runs the method. A mutating method runs inside one store
 transaction together with its audit entry, so the change and its record commit or vanish together.
-A `Refusal` becomes its status (and an audit entry, for a mutating call or an identity refusal);
+An answer over the message limit is refused (ANSWER_TOO_LARGE), a mutating call's inside its
+transaction. A `Refusal` becomes its status (and an audit entry, for a mutating call or an identity refusal);
 anything else is INTERNAL with a generic message, logged with its traceback and the method.
 Each call is timed and counted by status code, each refusal by reason (`narset.server.metrics`).
 
@@ -27,7 +28,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from narset.contract import reasons
-from narset.contract.limits import limit_error
+from narset.contract.limits import MAX_COMMAND_BYTES, limit_error
 from narset.contract.scaffold_policy import FieldError
 from narset.control.errors import Refusal
 from narset.control.ledger import ACTIONS
@@ -55,7 +56,7 @@ Behavior = Callable[[Message, grpc.aio.ServicerContext], Message]
 StreamBehavior = Callable[[Message, grpc.aio.ServicerContext], AsyncIterator[Message]]
 
 
-def _checked_request(method: MethodDescriptor, raw: bytes) -> Message:
+def _checked_request(method: MethodDescriptor, raw: bytes, command_limit: int) -> Message:
     """The decoded request, if every field is within the limits; else a Refusal naming the field."""
     try:
         request = GetMessageClass(method.input_type).FromString(raw)
@@ -64,6 +65,9 @@ def _checked_request(method: MethodDescriptor, raw: bytes) -> Message:
             reasons.MALFORMED_REQUEST, "request", f"does not decode as a {method.input_type.name}: {error}"
         ) from None
     if method.name == "SubmitCommand":
+        size = request.command.ByteSize()
+        if size > command_limit:  # several commands must fit one boundary's answer
+            raise Refusal(reasons.INVALID_FIELD, "command", f"is {size} bytes encoded; at most {command_limit}")
         error = limit_error(request.command, "command")
         if error is not None and error.field.split(".")[1] in ACTIONS:
             # A command's action fields are named from the action ("deploy.module"), as the ledger does.
@@ -88,10 +92,13 @@ def _job_of(method: MethodDescriptor, request: Message) -> tuple[str, str] | Non
 class Guard(grpc.aio.ServerInterceptor):
     """Wraps every method of the worker and operator services; other services (health, reflection) pass."""
 
-    def __init__(self, authority: Authority, store: Store, metrics: Metrics) -> None:
+    def __init__(self, authority: Authority, store: Store, metrics: Metrics, message_limit: int) -> None:
         self._authority = authority
         self._store = store
         self._metrics = metrics
+        self._message_limit = message_limit
+        # A quarter of the limit at most: the exchange fills half an answer with commands, so two always fit.
+        self._command_limit = min(MAX_COMMAND_BYTES, message_limit // 4)
         self._methods = {f"/{service.full_name}/{m.name}": m for service in SERVICES for m in service.methods}
 
     async def intercept_service(
@@ -116,17 +123,29 @@ class Guard(grpc.aio.ServerInterceptor):
         """Authenticate, decode and authorize; the request, with the caller set for the method."""
         principal = self._authority.authenticate(context.invocation_metadata())
         call.principal, call.role = principal.name, principal.role
-        request = _checked_request(method, raw)
+        request = _checked_request(method, raw, self._command_limit)
         call.learn(request)
         self._authority.authorize(principal, method.name, _job_of(method, request))
         CALLER.set(principal)
         return request
 
+    def _fitting(self, response: Message) -> Message:
+        """`response` if it fits the message limit (every client receives at most that), else a refusal."""
+        size = response.ByteSize()
+        if size > self._message_limit:
+            raise Refusal(
+                reasons.ANSWER_TOO_LARGE,
+                "request",
+                f"the answer would be {size} bytes, over the {self._message_limit}-byte message limit; ask for less",
+            )
+        return response
+
     def _run(self, call: AuditedCall, behavior: Behavior, request: Message, context) -> Message:
         if call.method not in MUTATING:
-            return behavior(request, context)
+            return self._fitting(behavior(request, context))
         with self._store.transaction():
-            response = behavior(request, context)
+            # Refused inside the transaction: an answer too large to send changes nothing.
+            response = self._fitting(behavior(request, context))
             if call.method == "SubmitCommand":
                 call.command_id = response.record.command.command_id
             self._store.append_audit(entry(call, "OK"))
@@ -187,7 +206,7 @@ class Guard(grpc.aio.ServerInterceptor):
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 async for response in behavior(self._admit(call, method, raw, context), context):
-                    yield response
+                    yield self._fitting(response)
             except Refusal as refusal:
                 # Counted before the abort: the status reaches the client as the abort is awaited.
                 self._metrics.rpc_done(method.name, refusal.status, time.perf_counter() - started)

@@ -6,11 +6,14 @@ inside one store transaction with its audit entry) with the caller authenticated
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from narset.contract import reasons
+from narset.contract.limits import MAX_MESSAGE_BYTES
 from narset.contract.stages import OCCUPYING_STAGES
 from narset.control.errors import Refusal
 from narset.control.events import EventHub
@@ -24,13 +27,34 @@ from narset.v1 import operator_service_pb2 as pb
 __all__ = ["OperatorService"]
 
 AUDIT_PAGE = 1000  # entries a ListAudit answers when it names no limit, and the most it answers
+M = TypeVar("M", bound=Message)
+
+
+_ENTRY_OVERHEAD = 10  # bytes of tag and length around each entry of a repeated field, at most
+
+
+def _page(items: Sequence[M], budget: int) -> list[M]:
+    """The longest prefix of `items` whose encoding fits `budget` bytes (at least one: a single entry
+    too large for any page is refused by the guard, ANSWER_TOO_LARGE)."""
+    page: list[M] = []
+    for item in items:
+        budget -= item.ByteSize() + _ENTRY_OVERHEAD
+        if page and budget < 0:
+            break
+        page.append(item)
+    return page
 
 
 class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
-    def __init__(self, store: Store, ledger: CommandLedger, events: EventHub) -> None:
+    def __init__(
+        self, store: Store, ledger: CommandLedger, events: EventHub, page_bytes: int = MAX_MESSAGE_BYTES - 1024
+    ) -> None:
         self._store = store
         self._ledger = ledger
         self._events = events
+        # Bytes of entries one page of ListJobs or ListCommands carries: the message limit, less room
+        # for the rest of the answer.
+        self._page_bytes = page_bytes
 
     def _job(self, job_id: str) -> job_pb2.Job:
         if not job_id:
@@ -42,7 +66,11 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
 
     def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
         caller = CALLER.get()
-        return pb.ListJobsResponse(jobs=[job for job in self._store.list_jobs() if caller.covers(job.job_id)])
+        # The token is the last job id of the previous page: jobs attached since then keep their place.
+        jobs = [j for j in self._store.list_jobs() if j.job_id > request.page_token and caller.covers(j.job_id)]
+        page = _page(jobs, self._page_bytes)
+        more = len(page) < len(jobs)
+        return pb.ListJobsResponse(jobs=page, next_page_token=page[-1].job_id if more else "")
 
     def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
         job = self._job(request.job_id)
@@ -87,7 +115,14 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
         self, request: pb.ListCommandsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCommandsResponse:
         job = self._job(request.job_id)
-        return pb.ListCommandsResponse(commands=self._store.list_commands(job.job_id, request.states))
+        # The token counts the commands listed before: a job's ledger only grows, in this order.
+        if request.page_token and not request.page_token.isdecimal():
+            raise Refusal(reasons.INVALID_FIELD, "page_token", "is not a token ListCommands gave")
+        start = int(request.page_token or 0)
+        commands = self._store.list_commands(job.job_id, request.states)[start:]
+        page = _page(commands, self._page_bytes)
+        more = len(page) < len(commands)
+        return pb.ListCommandsResponse(commands=page, next_page_token=str(start + len(page)) if more else "")
 
     def ListDecisions(
         self, request: pb.ListDecisionsRequest, context: grpc.aio.ServicerContext

@@ -14,6 +14,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from narset.contract.limits import MAX_MESSAGE_BYTES
+
 __all__ = ["RESERVED_PRINCIPALS", "Role", "ServerSettings", "TokenSetting", "exposure_error", "load_settings"]
 
 Role = Literal["admin", "operator", "viewer", "worker"]
@@ -51,7 +53,12 @@ class ServerSettings(BaseSettings):
         "normal", description="normal: survives kill -9; full: also power loss, an fsync per commit"
     )
     grace_s: float = Field(5.0, gt=0, description="seconds in-flight RPCs get to finish at shutdown")
-    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request accepted")
+    max_message_bytes: int = Field(
+        MAX_MESSAGE_BYTES,
+        ge=1024,
+        le=MAX_MESSAGE_BYTES,
+        description="largest request accepted and answer sent (at most what every client receives)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     tokens: tuple[TokenSetting, ...] = Field((), description="bearer tokens; none: every caller is anonymous")

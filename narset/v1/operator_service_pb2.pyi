@@ -13,14 +13,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_token",)
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_token: str
+    def __init__(self, page_token: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -103,18 +107,22 @@ class GetScaffoldResponse(_message.Message):
     def __init__(self, scaffold: _Optional[_Union[_job_pb2.Scaffold, _Mapping]] = ...) -> None: ...
 
 class ListCommandsRequest(_message.Message):
-    __slots__ = ("job_id", "states")
+    __slots__ = ("job_id", "states", "page_token")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     states: _containers.RepeatedScalarFieldContainer[_command_pb2.CommandState]
-    def __init__(self, job_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[_command_pb2.CommandState, str]]] = ...) -> None: ...
+    page_token: str
+    def __init__(self, job_id: _Optional[str] = ..., states: _Optional[_Iterable[_Union[_command_pb2.CommandState, str]]] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListCommandsResponse(_message.Message):
-    __slots__ = ("commands",)
+    __slots__ = ("commands", "next_page_token")
     COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     commands: _containers.RepeatedCompositeFieldContainer[_command_pb2.CommandRecord]
-    def __init__(self, commands: _Optional[_Iterable[_Union[_command_pb2.CommandRecord, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, commands: _Optional[_Iterable[_Union[_command_pb2.CommandRecord, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListDecisionsRequest(_message.Message):
     __slots__ = ("job_id",)

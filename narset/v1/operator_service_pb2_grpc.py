@@ -72,6 +72,8 @@ class OperatorServiceStub:
     - ROLLBACK_UNAVAILABLE (FAILED_PRECONDITION): not fused, or older than the folds kept for rollback.
     - GATE_FAILING (FAILED_PRECONDITION): a fold against a failing or unmeasured gate, without force.
     - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
+    - ANSWER_TOO_LARGE (RESOURCE_EXHAUSTED): the answer would exceed the message limit (4 MiB, the
+    server's max_message_bytes if lower) and cannot be paged; nothing changed.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
     metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
@@ -208,6 +210,8 @@ class OperatorServiceServicer:
     - ROLLBACK_UNAVAILABLE (FAILED_PRECONDITION): not fused, or older than the folds kept for rollback.
     - GATE_FAILING (FAILED_PRECONDITION): a fold against a failing or unmeasured gate, without force.
     - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
+    - ANSWER_TOO_LARGE (RESOURCE_EXHAUSTED): the answer would exceed the message limit (4 MiB, the
+    server's max_message_bytes if lower) and cannot be paged; nothing changed.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
     metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
@@ -428,6 +432,8 @@ class OperatorService:
     - ROLLBACK_UNAVAILABLE (FAILED_PRECONDITION): not fused, or older than the folds kept for rollback.
     - GATE_FAILING (FAILED_PRECONDITION): a fold against a failing or unmeasured gate, without force.
     - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
+    - ANSWER_TOO_LARGE (RESOURCE_EXHAUSTED): the answer would exceed the message limit (4 MiB, the
+    server's max_message_bytes if lower) and cannot be paged; nothing changed.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
     metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens

@@ -55,6 +55,8 @@ class WorkerServiceStub:
     - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
     - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
     - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
+    - ANSWER_TOO_LARGE (RESOURCE_EXHAUSTED): the answer would exceed the message limit (4 MiB, the
+    server's max_message_bytes if lower) and cannot be paged; nothing changed.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
     metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
@@ -125,6 +127,8 @@ class WorkerServiceServicer:
     - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
     - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
     - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
+    - ANSWER_TOO_LARGE (RESOURCE_EXHAUSTED): the answer would exceed the message limit (4 MiB, the
+    server's max_message_bytes if lower) and cannot be paged; nothing changed.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
     metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
@@ -219,6 +223,8 @@ class WorkerService:
     - JOB_NOT_FOUND (NOT_FOUND): Narset does not know the job (e.g. a fresh store); attach again.
     - SESSION_SUPERSEDED (FAILED_PRECONDITION): a newer Attach of the job replaced this session; attach again.
     - PROTOCOL_UNSUPPORTED (FAILED_PRECONDITION): the worker speaks a newer protocol than this Narset.
+    - ANSWER_TOO_LARGE (RESOURCE_EXHAUSTED): the answer would exceed the message limit (4 MiB, the
+    server's max_message_bytes if lower) and cannot be paged; nothing changed.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
     metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
