@@ -27,4 +27,13 @@ address="$(cat "$work/address")"
 with NarsetClient('$address') as narset: assert narset.list_jobs() == []"
 kill -TERM "$server"
 wait "$server"
-echo "core install: narset serve, CLI and client work without torch"
+# PostgreSQL is an extra: without psycopg, asking for it is a usage error that names the extra.
+status=0
+"$work/venv/bin/narset" serve --address 127.0.0.1:0 --db postgresql://narset@127.0.0.1:1/narset \
+    2>"$work/postgres.err" || status=$?
+if [ "$status" != 2 ] || ! grep -q "narset-kasmina\[postgres\]" "$work/postgres.err"; then
+    echo "narset serve --db postgresql://... without psycopg: exit $status, not 2 naming the extra" >&2
+    cat "$work/postgres.err" >&2
+    exit 1
+fi
+echo "core install: narset serve, CLI and client work without torch (and without psycopg)"

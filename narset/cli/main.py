@@ -292,6 +292,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from narset.server.app import InsecureBindError
     from narset.server.logs import configure_logging
     from narset.server.settings import load_settings
+    from narset.store import DriverMissing
 
     settings = load_settings(
         args.config,
@@ -310,7 +311,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings, ready_file=args.ready_file))
-    except InsecureBindError as refused:
+    except (InsecureBindError, DriverMissing) as refused:
         print(f"narset serve: {refused}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
@@ -368,7 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the Narset server")
     serve.add_argument("--address", help="host:port to listen on (port 0: any free port)")
-    serve.add_argument("--db", type=Path, help="SQLite database path")
+    serve.add_argument(
+        "--db", help="SQLite database file (default narset.db), or a postgresql:// URL shared by replicas"
+    )
     serve.add_argument("--config", type=Path, help="TOML settings file")
     serve.add_argument("--grace", type=float, help="shutdown grace period in seconds")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

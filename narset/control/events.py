@@ -1,9 +1,15 @@
 """Durable events with live fan-out: stored in the same transaction as the change they describe,
-then announced to `narset watch` streams."""
+then announced to `narset watch` streams.
+
+The wake-up is per process. On a store that other replicas write too (PostgreSQL), a following
+watch also looks at the store every `SHARED_POLL_S`, so it sees every replica's events, in sequence
+order (the store makes sequence order commit order), at most that much later.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -12,9 +18,12 @@ import structlog
 from narset.store import Store
 from narset.v1 import job_pb2
 
-__all__ = ["EventHub"]
+__all__ = ["SHARED_POLL_S", "EventHub"]
 
 log = structlog.get_logger("narset.control.events")
+
+SHARED_POLL_S = 0.5
+WATCH_PAGE = 500  # events read from the store at a time
 
 
 class EventHub:
@@ -24,6 +33,7 @@ class EventHub:
         self._store = store
         self._changed = asyncio.Event()
         self._closed = False
+        self._poll_s = SHARED_POLL_S if store.shared else None
 
     def emit(self, job_id: str, kind: int, message: str, /, **attributes: object) -> job_pb2.Event:
         """Store and announce an event. Positional-only parameters: any attribute name is free (`kind=`)."""
@@ -52,11 +62,18 @@ class EventHub:
         last = after_sequence
         while True:
             changed = self._changed
-            for event in self._store.events_after(last, job_id):
+            page = self._store.events_after(last, job_id, limit=WATCH_PAGE)
+            for event in page:
                 last = event.sequence
                 yield event
+            if len(page) == WATCH_PAGE:
+                continue  # more are stored: a watch without follow ends after the last, not after a page
             if not follow or self._closed:
                 return
             if self._store.events_after(last, job_id, limit=1):
                 continue
-            await changed.wait()
+            if self._poll_s is None:
+                await changed.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self._poll_s)

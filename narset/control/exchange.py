@@ -140,7 +140,8 @@ def _check_attach(request: worker_service_pb2.AttachRequest) -> None:
 
 
 class Exchange:
-    """Attach, report and detach; each a single store transaction."""
+    """Attach, report and detach; each a single store transaction holding the job's lock, from its first
+    read of the job to its commit, so that replicas on one database serve a job one call at a time."""
 
     def __init__(
         self,
@@ -190,6 +191,12 @@ class Exchange:
         `may_take_over(job)` says the caller may.
         """
         _check_attach(request)
+        with self._store.transaction(job=request.job_id):
+            return self._attach(request, may_take_over)
+
+    def _attach(
+        self, request: worker_service_pb2.AttachRequest, may_take_over: Callable[[job_pb2.Job], bool]
+    ) -> worker_service_pb2.AttachResponse:
         now = time.time_ns()
         job = self._store.get_job(request.job_id) or job_pb2.Job(job_id=request.job_id)
         self._check_take_over(job, request.session_id, may_take_over)
@@ -206,26 +213,26 @@ class Exchange:
         job.last_seen_at.FromNanoseconds(now)
         if request.HasField("restored"):
             job.last_boundary = request.restored.boundary
-        with self._store.transaction():
-            self._store.put_job(job)
-            self._store.set_session(job.job_id, digest(credential))
-            self._store.replace_modules(job.job_id, request.modules)
-            for blueprint in request.blueprints:
-                self._store.put_blueprint(blueprint)
-            policy = self._store.get_policy(job.job_id)
-            if policy is None:
-                policy = default_job_policy()
-                self._store.put_policy(job.job_id, policy)
-            redeliver = self._reconcile(job, request.restored)
-            self._refresh_live_count(job)
-            self._store.put_job(job)
-            self._events.emit(
-                job.job_id,
-                job_pb2.EVENT_KIND_JOB_ATTACHED,
-                f"job attached with {job.world_size} rank(s) and {job.module_count} modules",
-                resumed_from=request.restored.boundary,
-                redelivered=len(redeliver),
-            )
+        self._store.put_job(job)
+        self._store.set_session(job.job_id, digest(credential))
+        self._store.replace_modules(job.job_id, request.modules)
+        # By name: attaches of two jobs that register the same blueprints lock their rows in one order.
+        for blueprint in sorted(request.blueprints, key=lambda b: b.name):
+            self._store.put_blueprint(blueprint)
+        policy = self._store.get_policy(job.job_id)
+        if policy is None:
+            policy = default_job_policy()
+            self._store.put_policy(job.job_id, policy)
+        redeliver = self._reconcile(job, request.restored)
+        self._refresh_live_count(job)
+        self._store.put_job(job)
+        self._events.emit(
+            job.job_id,
+            job_pb2.EVENT_KIND_JOB_ATTACHED,
+            f"job attached with {job.world_size} rank(s) and {job.module_count} modules",
+            resumed_from=request.restored.boundary,
+            redelivered=len(redeliver),
+        )
         return worker_service_pb2.AttachResponse(
             session_id=credential,
             next_boundary=request.restored.boundary + 1,
@@ -288,9 +295,9 @@ class Exchange:
 
     def report(self, request: worker_service_pb2.ReportBoundaryRequest) -> worker_service_pb2.ReportBoundaryResponse:
         _check_report(request)
-        job = self._session_job(request.job_id, request.session_id, "report")
         response = worker_service_pb2.ReportBoundaryResponse()
-        with self._store.transaction():
+        with self._store.transaction(job=request.job_id):
+            job = self._session_job(request.job_id, request.session_id, "report")
             self._store.put_report(job.job_id, request.boundary, time.time(), _stored_report(request))
             for result in request.results:
                 self._record_result(job, result)
@@ -433,9 +440,9 @@ class Exchange:
     # detach -------------------------------------------------------------------------------------
 
     def detach(self, request: worker_service_pb2.DetachRequest) -> None:
-        job = self._session_job(request.job_id, request.session_id, "detach")
-        job.state = job_pb2.JOB_STATE_DETACHED
-        with self._store.transaction():
+        with self._store.transaction(job=request.job_id):
+            job = self._session_job(request.job_id, request.session_id, "detach")
+            job.state = job_pb2.JOB_STATE_DETACHED
             self._store.put_job(job)
             self._events.emit(
                 job.job_id, job_pb2.EVENT_KIND_JOB_DETACHED, f"job detached: {request.reason or 'no reason given'}"

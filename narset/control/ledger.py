@@ -79,9 +79,18 @@ class CommandLedger:
         return self.submit(command)
 
     def submit(self, command: command_pb2.AdaptationCommand) -> tuple[command_pb2.CommandRecord, bool]:
-        """Validate and enqueue `command`; returns (record, duplicate). Command ids are scoped per job."""
+        """Validate and enqueue `command`; returns (record, duplicate). Command ids are scoped per job.
+
+        One transaction holding the job's lock, from the duplicate check to the write: a command
+        submitted twice at once (to two replicas) is recorded once, and it is checked against the job
+        as it is when it is written.
+        """
         if not command.job_id:
             raise Refusal(reasons.INVALID_FIELD, "command.job_id", "is required")
+        with self._store.transaction(job=command.job_id):
+            return self._submit(command)
+
+    def _submit(self, command: command_pb2.AdaptationCommand) -> tuple[command_pb2.CommandRecord, bool]:
         if command.command_id:
             check_identifier("command.command_id", command.command_id)
             existing = self._store.get_command(command.job_id, command.command_id)
@@ -117,20 +126,19 @@ class CommandLedger:
                 decision = self._hand_exit(job, cmd, action, target, record.forced)
         record.updated_at.FromNanoseconds(time.time_ns())
 
-        with self._store.transaction():
-            self._store.put_command(record)
-            if new_scaffold is not None:
-                self._store.put_scaffold(new_scaffold)
-            if decision is not None:
-                record_decision(self._store, self._events, decision)
-            self._events.emit(
-                job.job_id,
-                job_pb2.EVENT_KIND_COMMAND_SUBMITTED,
-                f"{action} {record.scaffold_id} submitted by {cmd.issued_by}",
-                command_id=cmd.command_id,
-                action=action,
-                scaffold_id=record.scaffold_id,
-            )
+        self._store.put_command(record)
+        if new_scaffold is not None:
+            self._store.put_scaffold(new_scaffold)
+        if decision is not None:
+            record_decision(self._store, self._events, decision)
+        self._events.emit(
+            job.job_id,
+            job_pb2.EVENT_KIND_COMMAND_SUBMITTED,
+            f"{action} {record.scaffold_id} submitted by {cmd.issued_by}",
+            command_id=cmd.command_id,
+            action=action,
+            scaffold_id=record.scaffold_id,
+        )
         return record, False
 
     # deploy -------------------------------------------------------------------------------------

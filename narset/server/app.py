@@ -24,7 +24,7 @@ from narset.server.metrics import Metrics, MetricsEndpoint, StoreCollector
 from narset.server.operator_service import OperatorService
 from narset.server.settings import ServerSettings, exposure_error
 from narset.server.worker_service import WorkerService
-from narset.store import Store
+from narset.store import Store, open_store
 from narset.v1 import (
     operator_service_pb2,
     operator_service_pb2_grpc,
@@ -76,7 +76,7 @@ class NarsetServer:
         if exposed is not None:
             raise InsecureBindError(exposed)
         credentials = _credentials(self.settings)
-        store = Store.open(self.settings.db_path, self.settings.sqlite_synchronous)
+        store = open_store(self.settings.db_path, self.settings.sqlite_synchronous)
         with store.transaction():
             for blueprint in BUILTIN_BLUEPRINTS:
                 store.put_blueprint(blueprint)
@@ -120,7 +120,7 @@ class NarsetServer:
         log.info(
             "server.started",
             address=f"{host}:{port}",
-            db_path=str(self.settings.db_path),
+            store=store.shown,
             tls="mutual" if self.settings.tls_client_ca else ("on" if credentials else "off"),
             tokens=len(self.settings.tokens),
         )

@@ -12,18 +12,27 @@ __all__ = ["ServeProcess"]
 
 
 class ServeProcess:
-    """`narset serve` as a real child process (by default on a free loopback port); JSON logs go to `log_path`."""
+    """`narset serve` as a real child process (by default on a free loopback port); JSON logs go to `log_path`.
+
+    `db_path`: the SQLite file, or a postgresql:// URL; with a URL, `files` names the log and
+    address files (`<files>.log`, `<files>.address`), which otherwise sit beside the SQLite file.
+    """
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Path | str,
         grace_s: float = 3.0,
         log_level: str = "info",
         timeout_s: float = 60.0,
         address: str = "127.0.0.1:0",
+        files: Path | None = None,
     ) -> None:
-        self.log_path = db_path.with_suffix(".log")
-        ready = db_path.with_suffix(".address")
+        if files is None:
+            if not isinstance(db_path, Path):
+                raise ValueError("a postgresql:// store needs `files`, the stem of the log and address files")
+            files = db_path
+        self.log_path = files.with_suffix(".log")
+        ready = files.with_suffix(".address")
         ready.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "narset", "serve", "--address", address, "--db", str(db_path)]
         argv += ["--grace", str(grace_s), "--log-level", log_level, "--ready-file", str(ready)]

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from narset.control.decisions import BREAKER_ISSUER
 from narset.control.ledger import GATES_ISSUER
 from narset.control.tactical import POLICY_ISSUER
-from narset.store import Store
+from narset.store import Store, open_store
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2
 
 __all__ = ["Metrics", "MetricsEndpoint", "StoreCollector", "issuer_kind"]
@@ -134,17 +134,18 @@ def _family(kind: type, name: str, doc: str, labels: list[str], tally: Tally) ->
 
 
 class StoreCollector(Collector):
-    """Counts from the store's file at scrape time, over a connection of the scrape's own.
+    """Counts from the store (its file, or its PostgreSQL database) at scrape time, over a connection of
+    the scrape's own.
 
     Not the server's connection: that one belongs to the event loop, and counting there would hold
     up every RPC for the length of a scrape. A WAL reader sees the last commit and blocks no writer.
     """
 
-    def __init__(self, db_path: str, job_labels: bool) -> None:
-        self._db_path, self._job_labels = db_path, job_labels
+    def __init__(self, location: str, job_labels: bool) -> None:
+        self._location, self._job_labels = location, job_labels
 
     def _read(self) -> _Snapshot:
-        store = Store.open(self._db_path)
+        store = open_store(self._location)
         try:
             return _snapshot(store, self._job_labels)
         finally:

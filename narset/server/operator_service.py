@@ -135,9 +135,9 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
         return pb.GetPolicyResponse(policy=job_policy_of(self._store, job.job_id))
 
     def SetPolicy(self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.SetPolicyResponse:
-        job = self._job(request.job_id)
-        validate_job_policy(request.policy, {b.name: b for b in self._store.list_blueprints()})
-        with self._store.transaction():
+        with self._store.transaction(job=request.job_id):
+            job = self._job(request.job_id)
+            validate_job_policy(request.policy, {b.name: b for b in self._store.list_blueprints()})
             self._store.put_policy(job.job_id, request.policy)
             self._events.emit(
                 job.job_id,

@@ -15,6 +15,7 @@ from pydantic_settings import (
 )
 
 from narset.contract.limits import MAX_MESSAGE_BYTES
+from narset.store import is_postgres_url
 
 __all__ = ["RESERVED_PRINCIPALS", "Role", "ServerSettings", "TokenSetting", "exposure_error", "load_settings"]
 
@@ -48,7 +49,11 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NARSET_", extra="forbid")
 
     address: str = Field("127.0.0.1:50051", description="host:port to listen on; port 0 picks a free one")
-    db_path: Path = Field(Path("narset.db"), description="SQLite database file (created if missing)")
+    db_path: Path | str = Field(
+        Path("narset.db"),
+        description="SQLite database file (created if missing), or a postgresql:// URL: a database that several "
+        "replicas share (keep its password out of the URL: PGPASSWORD, a passfile)",
+    )
     sqlite_synchronous: Literal["normal", "full"] = Field(
         "normal", description="normal: survives kill -9; full: also power loss, an fsync per commit"
     )
@@ -73,6 +78,16 @@ class ServerSettings(BaseSettings):
         None, description="host:port of the Prometheus endpoint (/metrics); none: no endpoint; port 0: any free port"
     )
     metrics_job_labels: bool = Field(False, description="label the store's counts by job id (one series per job)")
+
+    @field_validator("db_path", mode="before")
+    @classmethod
+    def _store_location(cls, value: object) -> object:
+        """A postgresql:// URL stays a string; anything else is an SQLite file's path."""
+        if isinstance(value, str) and not is_postgres_url(value):
+            if "://" in value:
+                raise ValueError(f"must be an SQLite file or a postgresql:// URL, got {value.split('://')[0]}://...")
+            return Path(value)
+        return value
 
     @field_validator("address", "metrics_address")
     @classmethod

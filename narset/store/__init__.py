@@ -1,5 +1,36 @@
-"""Narset's durable store (SQLite, WAL) and its schema migrations."""
+"""Narset's durable store and its schema migrations: SQLite (WAL) by default, PostgreSQL for replicas."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 from narset.store.store import Store
 
-__all__ = ["Store"]
+__all__ = ["POSTGRES_SCHEMES", "DriverMissing", "Store", "is_postgres_url", "open_store"]
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class DriverMissing(RuntimeError):
+    """A postgresql:// store was asked for, and psycopg is not installed."""
+
+
+def is_postgres_url(location: str | Path) -> bool:
+    """Whether `location` names a PostgreSQL database (else it is an SQLite file)."""
+    return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
+
+
+def open_store(location: str | Path, synchronous: str = "normal") -> Store:
+    """Open and migrate the store at `location`: a `postgresql://` URL, or an SQLite file (`synchronous`
+    applies to SQLite only). psycopg is imported here, for a URL, and nowhere else."""
+    if is_postgres_url(location):
+        try:
+            from narset.store.postgres import PostgresStore
+        except ImportError as missing:
+            if missing.name is None or not missing.name.startswith("psycopg"):
+                raise
+            raise DriverMissing(
+                "a postgresql:// store needs psycopg 3: pip install 'narset-kasmina[postgres]'"
+            ) from missing
+        return PostgresStore.open(str(location))
+    return Store.open(location, synchronous)

@@ -3,6 +3,10 @@
 Every write happens inside `transaction()`, committed to the write-ahead log before the RPC that
 caused it answers, so nothing acknowledged is lost on `kill -9`. One connection, used from the
 server's event-loop thread only.
+
+The repository's SQL is written once, in the dialect SQLite and PostgreSQL share (`?` placeholders,
+`INSERT ... ON CONFLICT ... DO UPDATE`, insertion order as `rowid`); `narset.store.postgres` runs the
+same methods on PostgreSQL and adds what several processes on one database need (job locks).
 """
 
 from __future__ import annotations
@@ -33,7 +37,15 @@ def _in(values: Iterable[int]) -> str:
 
 
 class Store:
-    """Repository over one SQLite file; all methods are synchronous and short."""
+    """Repository over one SQLite file; all methods are synchronous and short.
+
+    The base of `PostgresStore` too: its methods reach the database only through `_execute`,
+    `_executemany` and `_insert_id`, and `transaction` and `_migrate`, which a dialect overrides.
+    """
+
+    # Whether other processes write the same database (replicas on PostgreSQL): then a change can
+    # come from elsewhere at any time, and whoever waits for one must also look for it (`EventHub`).
+    shared = False
 
     def __init__(self, connection: sqlite3.Connection, path: str) -> None:
         self._db = connection
@@ -91,9 +103,20 @@ class Store:
                 raise
             log.info("store.migrated", path=self.path, schema_version=index + 1)
 
+    @property
+    def shown(self) -> str:
+        """Where the store is, for logs: the file (a PostgreSQL URL without its password)."""
+        return self.path
+
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """All-or-nothing group of writes; nested use joins the outer transaction."""
+    def transaction(self, job: str | None = None) -> Iterator[None]:
+        """All-or-nothing group of writes; nested use joins the outer transaction.
+
+        `job`: the transaction reads and writes that job, and no other transaction on it may
+        interleave. SQLite's `BEGIN IMMEDIATE` already takes the database's one write lock, so every
+        transaction is alone; a shared store (PostgreSQL) takes the job's lock here. Open it before
+        the job's first read.
+        """
         if self._db.in_transaction:
             yield
             return
@@ -108,14 +131,27 @@ class Store:
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started)
 
+    # The three ways the repository reaches the database (a dialect overrides them).
+
+    def _execute(self, query: str, params: tuple = ()):
+        """Run one statement; the cursor (fetchone, fetchall)."""
+        return self._db.execute(query, params)
+
+    def _executemany(self, query: str, rows: list[tuple]) -> None:
+        self._db.executemany(query, rows)
+
+    def _insert_id(self, query: str, params: tuple, column: str) -> int:
+        """Run an INSERT; the value of the row's generated key `column`."""
+        return self._db.execute(query, params).lastrowid
+
     def _one(self, message: type[M], query: str, params: tuple = ()) -> M | None:
         """The message in the `body` column of the query's first row, if any."""
-        row = self._db.execute(query, params).fetchone()
+        row = self._execute(query, params).fetchone()
         return message.FromString(row[0]) if row else None
 
     def _all(self, message: type[M], query: str, params: tuple = ()) -> list[M]:
         """The messages in the `body` column of every row of the query, in its order."""
-        return [message.FromString(row[0]) for row in self._db.execute(query, params).fetchall()]
+        return [message.FromString(row[0]) for row in self._execute(query, params).fetchall()]
 
     # jobs ---------------------------------------------------------------------------------------
 
@@ -138,7 +174,7 @@ class Store:
         body = job_pb2.Job()
         body.CopyFrom(job)
         body.ClearField("session_id")
-        self._db.execute(
+        self._execute(
             "INSERT INTO jobs (job_id, state, session_id, last_boundary, body) VALUES (?, ?, '', ?, ?) "
             "ON CONFLICT(job_id) DO UPDATE SET state = excluded.state, "
             "last_boundary = excluded.last_boundary, body = excluded.body",
@@ -147,21 +183,21 @@ class Store:
 
     def set_session(self, job_id: str, digest: str) -> None:
         """Make `digest` (the SHA-256 of a worker credential) the job's current session."""
-        self._db.execute("UPDATE jobs SET session_id = ? WHERE job_id = ?", (digest, job_id))
+        self._execute("UPDATE jobs SET session_id = ? WHERE job_id = ?", (digest, job_id))
 
     def session_digest(self, job_id: str) -> str | None:
-        row = self._db.execute("SELECT session_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        row = self._execute("SELECT session_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return row[0] if row else None
 
     def job_of_session(self, digest: str) -> str | None:
         """The job whose current session has credential digest `digest`, if any."""
-        row = self._db.execute("SELECT job_id FROM jobs WHERE session_id = ? AND session_id != ''", (digest,))
+        row = self._execute("SELECT job_id FROM jobs WHERE session_id = ? AND session_id != ''", (digest,))
         found = row.fetchone()
         return found[0] if found else None
 
     def replace_modules(self, job_id: str, modules: Iterable[job_pb2.ModuleInfo]) -> None:
-        self._db.execute("DELETE FROM modules WHERE job_id = ?", (job_id,))
-        self._db.executemany(
+        self._execute("DELETE FROM modules WHERE job_id = ?", (job_id,))
+        self._executemany(
             "INSERT INTO modules (job_id, name, position, body) VALUES (?, ?, ?, ?)",
             [(job_id, m.name, i, m.SerializeToString()) for i, m in enumerate(modules)],
         )
@@ -175,7 +211,7 @@ class Store:
     # blueprints ---------------------------------------------------------------------------------
 
     def put_blueprint(self, blueprint: job_pb2.Blueprint) -> None:
-        self._db.execute(
+        self._execute(
             "INSERT INTO blueprints (name, body) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET body = excluded.body",
             (blueprint.name, blueprint.SerializeToString()),
         )
@@ -198,7 +234,7 @@ class Store:
     def put_command(self, record: command_pb2.CommandRecord) -> None:
         """Insert a new command at the end of the ledger, or update an existing one in place."""
         command = record.command
-        self._db.execute(
+        self._execute(
             "INSERT INTO commands (command_id, job_id, state, action, scaffold_id, body) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(job_id, command_id) DO UPDATE SET state = excluded.state, scaffold_id = excluded.scaffold_id, "
             "body = excluded.body",
@@ -225,7 +261,7 @@ class Store:
         stored = job_pb2.Scaffold()
         stored.CopyFrom(scaffold)
         del stored.history[:]
-        self._db.execute(
+        self._execute(
             "INSERT INTO scaffolds (scaffold_id, job_id, module, region, stage, body) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(job_id, scaffold_id) DO UPDATE SET module = excluded.module, region = excluded.region, "
             "stage = excluded.stage, body = excluded.body",
@@ -240,8 +276,8 @@ class Store:
         )
 
     def delete_scaffold(self, job_id: str, scaffold_id: str) -> None:
-        self._db.execute("DELETE FROM scaffold_history WHERE job_id = ? AND scaffold_id = ?", (job_id, scaffold_id))
-        self._db.execute("DELETE FROM scaffolds WHERE job_id = ? AND scaffold_id = ?", (job_id, scaffold_id))
+        self._execute("DELETE FROM scaffold_history WHERE job_id = ? AND scaffold_id = ?", (job_id, scaffold_id))
+        self._execute("DELETE FROM scaffolds WHERE job_id = ? AND scaffold_id = ?", (job_id, scaffold_id))
 
     def get_scaffold(self, job_id: str, scaffold_id: str) -> job_pb2.Scaffold | None:
         return self._one(
@@ -260,7 +296,7 @@ class Store:
 
     def count_live_scaffolds(self, job_id: str) -> int:
         query = f"SELECT COUNT(*) FROM scaffolds WHERE job_id = ? AND stage IN {_in(LIVE_STAGES)}"
-        return self._db.execute(query, (job_id,)).fetchone()[0]
+        return self._execute(query, (job_id,)).fetchone()[0]
 
     def occupying_scaffold(self, job_id: str, module: str) -> job_pb2.Scaffold | None:
         """The scaffold (or permanent seed) holding `module` now, if any."""
@@ -271,8 +307,9 @@ class Store:
         )
 
     def add_scaffold_history(self, job_id: str, scaffold_id: str, entry: job_pb2.ScaffoldBoundary) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO scaffold_history (job_id, scaffold_id, boundary, body) VALUES (?, ?, ?, ?)",
+        self._execute(
+            "INSERT INTO scaffold_history (job_id, scaffold_id, boundary, body) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(job_id, scaffold_id, boundary) DO UPDATE SET body = excluded.body",
             (job_id, scaffold_id, entry.boundary, entry.SerializeToString()),
         )
 
@@ -286,14 +323,15 @@ class Store:
     # reports ------------------------------------------------------------------------------------
 
     def put_report(self, job_id: str, boundary: int, received_at: float, body: bytes) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO reports (job_id, boundary, received_at, body) VALUES (?, ?, ?, ?)",
+        self._execute(
+            "INSERT INTO reports (job_id, boundary, received_at, body) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(job_id, boundary) DO UPDATE SET received_at = excluded.received_at, body = excluded.body",
             (job_id, boundary, received_at, body),
         )
 
     def report_bodies(self, job_id: str, first: int, last: int) -> list[tuple[int, bytes]]:
         """Stored reports of boundaries first..last (inclusive), oldest first."""
-        rows = self._db.execute(
+        rows = self._execute(
             "SELECT boundary, body FROM reports WHERE job_id = ? AND boundary BETWEEN ? AND ? ORDER BY boundary",
             (job_id, first, last),
         )
@@ -302,7 +340,7 @@ class Store:
     # decisions ----------------------------------------------------------------------------------
 
     def put_decision(self, decision: telemetry_pb2.Decision) -> None:
-        self._db.execute(
+        self._execute(
             "INSERT INTO decisions (decision_id, job_id, boundary, body) VALUES (?, ?, ?, ?)",
             (decision.decision_id, decision.job_id, decision.boundary, decision.SerializeToString()),
         )
@@ -318,20 +356,22 @@ class Store:
         return self._one(job_pb2.JobPolicy, "SELECT body FROM policies WHERE job_id = ?", (job_id,))
 
     def put_policy(self, job_id: str, policy: job_pb2.JobPolicy) -> None:
-        self._db.execute(
+        self._execute(
             "INSERT INTO policies (job_id, body) VALUES (?, ?) ON CONFLICT(job_id) DO UPDATE SET body = excluded.body",
             (job_id, policy.SerializeToString()),
         )
 
     def list_embargoes(self, job_id: str) -> list[job_pb2.RegionEmbargo]:
-        rows = self._db.execute(
+        rows = self._execute(
             "SELECT region, until_boundary, failures FROM embargoes WHERE job_id = ? ORDER BY region", (job_id,)
         )
         return [job_pb2.RegionEmbargo(region=r, until_boundary=u, failures=f) for r, u, f in rows.fetchall()]
 
     def put_embargo(self, job_id: str, embargo: job_pb2.RegionEmbargo) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO embargoes (job_id, region, until_boundary, failures) VALUES (?, ?, ?, ?)",
+        self._execute(
+            "INSERT INTO embargoes (job_id, region, until_boundary, failures) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(job_id, region) DO UPDATE SET until_boundary = excluded.until_boundary, "
+            "failures = excluded.failures",
             (job_id, embargo.region, embargo.until_boundary, embargo.failures),
         )
 
@@ -339,22 +379,22 @@ class Store:
 
     def append_event(self, event: job_pb2.Event) -> job_pb2.Event:
         """Store `event` and return it with its sequence number."""
-        cursor = self._db.execute(
-            "INSERT INTO events (job_id, body) VALUES (?, ?)", (event.job_id, event.SerializeToString())
+        sequence = self._insert_id(
+            "INSERT INTO events (job_id, body) VALUES (?, ?)", (event.job_id, event.SerializeToString()), "sequence"
         )
         stored = job_pb2.Event()
         stored.CopyFrom(event)
-        stored.sequence = cursor.lastrowid
+        stored.sequence = sequence
         return stored
 
     def events_after(self, sequence: int, job_id: str = "", limit: int = 500) -> list[job_pb2.Event]:
         if job_id:
-            rows = self._db.execute(
+            rows = self._execute(
                 "SELECT sequence, body FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
                 (job_id, sequence, limit),
             )
         else:
-            rows = self._db.execute(
+            rows = self._execute(
                 "SELECT sequence, body FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?", (sequence, limit)
             )
         events = []
@@ -369,7 +409,7 @@ class Store:
     # triggers refuse an UPDATE or DELETE from anywhere else.
 
     def append_audit(self, entry: operator_service_pb2.AuditEntry) -> None:
-        self._db.execute(
+        self._execute(
             "INSERT INTO audit (at_ns, principal, role, peer, method, job_id, command_id, outcome, reason, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -390,7 +430,7 @@ class Store:
         """Entries after sequence `after`, oldest first, of `job_id` (every entry for "")."""
         where = "sequence > ?" + (" AND job_id = ?" if job_id else "")
         params = (after, job_id) if job_id else (after,)
-        rows = self._db.execute(
+        rows = self._execute(
             "SELECT sequence, at_ns, principal, role, peer, method, job_id, command_id, outcome, reason, detail "
             f"FROM audit WHERE {where} ORDER BY sequence LIMIT ?",
             (*params, limit),

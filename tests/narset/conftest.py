@@ -1,14 +1,22 @@
 """Fixtures: a real Narset server on a loopback port (in a background thread, so that blocking
-clients and the in-process CLI can talk to it), a client and a worker stub."""
+clients and the in-process CLI can talk to it), a client and a worker stub.
+
+The server's store is an SQLite file. A module marked `pytest.mark.backends` runs each of its tests
+that use the store (through `server` or `db`) twice: on an SQLite file and on a fresh database of a
+real PostgreSQL server, started once per session (pg_testing.py). Where no PostgreSQL can be started
+those runs skip, saying why, unless NARSET_REQUIRE_POSTGRES=1 (CI sets it), which makes them fail.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from narset_testing import Job, ServerThread, attach_request
+from pg_testing import PostgresServer, PostgresUnavailable
 
 from narset.client import NarsetClient
 from narset.server.logs import configure_logging
@@ -18,14 +26,57 @@ from narset.v1 import operator_service_pb2_grpc, worker_service_pb2, worker_serv
 configure_logging("info", "console")
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends: run the test on each store backend (SQLite, PostgreSQL)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends"):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend of the test: "sqlite" unless its module is marked `backends`."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session; skips (fails with NARSET_REQUIRE_POSTGRES=1) without one."""
+    try:
+        server = PostgresServer()
+    except (PostgresUnavailable, ImportError, OSError) as why:
+        if os.environ.get("NARSET_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"NARSET_REQUIRE_POSTGRES=1, and no PostgreSQL server could be started: {why}")
+        pytest.skip(f"no PostgreSQL server could be started: {why}")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "narset.db"
 
 
 @pytest.fixture
-def server(db_path: Path) -> Iterator[ServerThread]:
-    running = ServerThread(db_path).start()
+def db(backend: str, db_path: Path, request: pytest.FixtureRequest) -> Iterator[Path | str]:
+    """Where the test's store is: the SQLite file, or the URL of a fresh PostgreSQL schema (its own tables)."""
+    if backend == "sqlite":
+        yield db_path
+        return
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    url = postgres.create_schema()
+    yield url
+    postgres.drop_schema(url)
+
+
+@pytest.fixture
+def server(db: Path | str) -> Iterator[ServerThread]:
+    running = ServerThread(db).start()
     yield running
     running.stop()
 

@@ -33,7 +33,7 @@ __all__ = [
 class ServerThread:
     """A NarsetServer running on its own event loop in a daemon thread."""
 
-    def __init__(self, db_path: Path, **settings: object) -> None:
+    def __init__(self, db_path: Path | str, **settings: object) -> None:
         self.settings = ServerSettings(address="127.0.0.1:0", db_path=db_path, grace_s=1.0, **settings)
         self.server = NarsetServer(self.settings)
         self.loop = asyncio.new_event_loop()

@@ -33,6 +33,20 @@ def test_settings_file_then_environment_then_flags(tmp_path, monkeypatch):
     assert load_settings(config, address="127.0.0.1:0").address == "127.0.0.1:0"
 
 
+def test_db_is_an_sqlite_file_or_a_postgresql_url(tmp_path, monkeypatch):
+    """`db_path` (`--db`, NARSET_DB_PATH): a postgresql:// URL is kept as written, anything else is a file;
+    another scheme is refused."""
+    url = "postgresql://narset@db.example:5432/narset?sslmode=verify-full"
+    assert load_settings(None, db_path=url).db_path == url
+    config = tmp_path / "narset.toml"
+    config.write_text('db_path = "postgres://narset@db/narset"\n')
+    assert load_settings(config).db_path == "postgres://narset@db/narset"
+    monkeypatch.setenv("NARSET_DB_PATH", "relative/narset.db")
+    assert load_settings(None).db_path == Path("relative/narset.db")
+    with pytest.raises(ValidationError, match="postgresql:// URL"):
+        load_settings(None, db_path="mysql://narset@db/narset")
+
+
 def test_settings_refuse_bad_values(tmp_path):
     """A bad address, a non-positive grace, an unknown key and a missing file are refused by name."""
     with pytest.raises(ValidationError, match="address"):

@@ -15,6 +15,9 @@ from narset.contract.scaffold_policy import DEFAULT_GATES
 from narset.control.judge import NOISE_FACTOR, Reading, judge, residual_gain, trend_slope
 from narset.v1 import command_pb2, telemetry_pb2
 
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.backends
+
 S = telemetry_pb2
 
 

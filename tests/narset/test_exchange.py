@@ -13,6 +13,9 @@ from narset.cli import main
 from narset.contract import reasons
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
 
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.backends
+
 APPLIED = telemetry_pb2.COMMAND_OUTCOME_APPLIED
 
 

@@ -11,8 +11,11 @@ from narset.client import NarsetError
 from narset.contract import reasons
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
 from narset.contract.rules import blueprint_fit_errors
-from narset.store import Store
+from narset.store import open_store
 from narset.v1 import command_pb2, job_pb2, operator_service_pb2, worker_service_pb2
+
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.backends
 
 
 def ledger_snapshot(client, job: str = "run-7") -> tuple:
@@ -357,9 +360,9 @@ def test_policy_protected_region_refuses_deploy(client, attached):
     assert client.submit(deploy("decoder.fc1")).record.state == command_pb2.COMMAND_STATE_PENDING
 
 
-def test_embargoed_region_refuses_deploy_until_it_ends(client, worker_stub, attached, db_path):
+def test_embargoed_region_refuses_deploy_until_it_ends(client, worker_stub, attached, db):
     """An embargo refuses deploys to its region with FAILED_PRECONDITION until its end boundary."""
-    store = Store.open(db_path)  # the embargo a failed scaffold leaves, written as the decision engine does
+    store = open_store(db)  # the embargo a failed scaffold leaves, written as the decision engine does
     with store.transaction():
         store.put_embargo("run-7", job_pb2.RegionEmbargo(region="encoder", until_boundary=3, failures=1))
     store.close()

@@ -14,6 +14,9 @@ from narset.control.judge import Reading, step_time_statistic
 from narset.control.tactical import loss_regime, relative_change
 from narset.v1 import telemetry_pb2
 
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.backends
+
 S = telemetry_pb2
 SIGNALS = [S.RegionSignal(region="encoder", update_ratio=1e-2), S.RegionSignal(region="decoder", update_ratio=1e-5)]
 
