@@ -1,8 +1,9 @@
 """Validation and application of `AdaptationCommand`s at a boundary.
 
-Every refusal is a `Rejected(field, reason)` naming the command field, raised before anything
-changes; `CommandApplier.apply` turns it into a REJECTED `CommandResult` and never raises on a
-bad command.
+Every refusal is a `Rejected(code, field, reason)`: the stable reason code Narset gives the same
+refusal (`narset.contract.reasons`) and the command field, raised before anything changes;
+`CommandApplier.apply` turns it into a REJECTED `CommandResult` (its `reason` the code) and never
+raises on a bad command.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from kasmina_worker.seeds.blueprints import get_blueprint
 from kasmina_worker.seeds.fold import FoldError
 from kasmina_worker.seeds.hosts import has_delta_layout, module_info, parameter_ties
 from kasmina_worker.seeds.scaffold import Scaffold
+from narset.contract import reasons
 from narset.contract.rules import (
     DEFAULT_EXTRA_CKPTS,
     blueprint_fit_errors,
@@ -45,10 +47,11 @@ log = structlog.get_logger("kasmina")
 
 
 class Rejected(Exception):
-    """A command refused before it changed anything: the field and the reason."""
+    """A command refused before it changed anything: the reason code, the field and the reason."""
 
-    def __init__(self, field: str, reason: str) -> None:
+    def __init__(self, code: str, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")
+        self.code = code
         self.field = field
         self.reason = reason
 
@@ -87,6 +90,7 @@ class CommandApplier:
         except Rejected as refusal:
             result.outcome = telemetry_pb2.COMMAND_OUTCOME_REJECTED
             result.message = str(refusal)
+            result.reason = refusal.code
             log.warning("command_rejected", job=self.job, command_id=command.command_id, reason=str(refusal))
             return result
         self.applied.append(command.command_id)
@@ -96,12 +100,14 @@ class CommandApplier:
 
     def _apply(self, command: command_pb2.AdaptationCommand, boundary: int) -> tuple[str, str]:
         if not command.command_id:
-            raise Rejected("command_id", "must be set (submit assigns one in local mode)")
+            raise Rejected(reasons.INVALID_FIELD, "command_id", "must be set (submit assigns one in local mode)")
         if command.job_id and command.job_id != self.job:
-            raise Rejected("job_id", f"command is for job '{command.job_id}', this worker runs '{self.job}'")
+            raise Rejected(
+                reasons.INVALID_FIELD, "job_id", f"command is for job '{command.job_id}', this worker runs '{self.job}'"
+            )
         action = command.WhichOneof("action")
         if action is None:
-            raise Rejected("action", "no action set")
+            raise Rejected(reasons.INVALID_FIELD, "action", "no action set")
         if action == "deploy":
             live = self.runtime.deploy(self._plan(command), boundary)
             return live.scaffold_id, f"deployed {live.plan.spec.proto.name} on '{live.plan.module_name}'"
@@ -121,7 +127,8 @@ class CommandApplier:
             extra = body.extra_ckpts if body.HasField("extra_ckpts") else DEFAULT_EXTRA_CKPTS
             error = live.schedule.persist_error(extra)
             if error is not None:
-                raise Rejected(error.field, error.reason)
+                code = reasons.INVALID_FIELD if extra < 1 else reasons.EXTENSION_LIMIT
+                raise Rejected(code, error.field, error.reason)
             live.schedule.persist(extra)
             self.runtime.apply_schedule(live)
             return live.scaffold_id, f"ttl extended by {extra} to {live.schedule.state.ttl}"
@@ -139,39 +146,43 @@ class CommandApplier:
         host = self._host_module(name)
         spec = get_blueprint(deploy.blueprint)
         if spec is None:
-            raise Rejected("deploy.blueprint", f"unknown blueprint '{deploy.blueprint}'")
+            raise Rejected(reasons.BLUEPRINT_NOT_FOUND, "deploy.blueprint", f"unknown blueprint '{deploy.blueprint}'")
         ties = parameter_ties(self.runtime.root)
         info = module_info(name, host, ties)
         inside = [module_info(sub, module, ties) for sub, module in host.named_modules(prefix=name)]
         tied = tied_parameter_error(name, inside)
         if tied is not None:
-            raise Rejected(tied.field, tied.reason)
+            raise Rejected(reasons.PARAMETER_TIED, tied.field, tied.reason)
         given = dict(deploy.blueprint_params)
         errors = blueprint_fit_errors(spec.proto, info, given)
         if errors:
-            raise Rejected(errors[0].field, errors[0].reason)
+            raise Rejected(reasons.BLUEPRINT_DOES_NOT_FIT, errors[0].field, errors[0].reason)
         params = blueprint_param_values(spec.proto, given)
         if spec.delta_fold and not has_delta_layout(host):
             raise Rejected(
-                "deploy.blueprint", f"blueprint '{deploy.blueprint}' needs a linear or Conv2d host at '{name}'"
+                reasons.BLUEPRINT_DOES_NOT_FIT,
+                "deploy.blueprint",
+                f"blueprint '{deploy.blueprint}' needs a linear or Conv2d host at '{name}'",
             )
         policy = effective_policy(spec.proto, deploy.policy)
         errors = policy_errors(policy, prefix="deploy.policy")
         if errors:
-            raise Rejected(errors[0].field, errors[0].reason)
+            raise Rejected(reasons.INVALID_FIELD, errors[0].field, errors[0].reason)
         self._check_taps(policy)
         lr = deploy.learning_rate if deploy.HasField("learning_rate") else None
         if lr is not None and not (math.isfinite(lr) and lr > 0):
-            raise Rejected("deploy.learning_rate", f"must be a finite number > 0, got {lr}")
+            raise Rejected(reasons.INVALID_FIELD, "deploy.learning_rate", f"must be a finite number > 0, got {lr}")
         scaffold_id = deploy.scaffold_id or command.command_id
         if scaffold_id in self.runtime.live or any(
             r.scaffold["scaffold_id"] == scaffold_id for r in self.runtime.folds
         ):
-            raise Rejected("deploy.scaffold_id", f"scaffold id '{scaffold_id}' is already in use")
+            raise Rejected(
+                reasons.SCAFFOLD_EXISTS, "deploy.scaffold_id", f"scaffold id '{scaffold_id}' is already in use"
+            )
         region = deploy.region or region_for_module(self.regions, name) or ""
         protected = protected_region_error(region, self.regions)
         if protected is not None:
-            raise Rejected(protected.field, protected.reason)
+            raise Rejected(reasons.REGION_PROTECTED, protected.field, protected.reason)
         return DeployPlan(
             scaffold_id=scaffold_id,
             module_name=name,
@@ -186,16 +197,22 @@ class CommandApplier:
 
     def _host_module(self, name: str) -> nn.Module:
         if not name:
-            raise Rejected("deploy.module", "must name a module")
+            raise Rejected(reasons.INVALID_FIELD, "deploy.module", "must name a module")
         try:
             host = self.runtime.root.get_submodule(name)
         except AttributeError:
-            raise Rejected("deploy.module", f"unknown module '{name}'") from None
+            raise Rejected(reasons.MODULE_NOT_FOUND, "deploy.module", f"unknown module '{name}'") from None
         if isinstance(host, Scaffold):
-            raise Rejected("deploy.module", f"module '{name}' already has scaffold '{host.scaffold_id}'")
+            raise Rejected(
+                reasons.MODULE_OCCUPIED, "deploy.module", f"module '{name}' already has scaffold '{host.scaffold_id}'"
+            )
         for other in self.runtime.live.values():
             if name.startswith(other.plan.module_name + "."):
-                raise Rejected("deploy.module", f"module '{name}' is inside scaffold '{other.scaffold_id}'")
+                raise Rejected(
+                    reasons.MODULE_OCCUPIED,
+                    "deploy.module",
+                    f"module '{name}' is inside scaffold '{other.scaffold_id}'",
+                )
         return host
 
     def _check_taps(self, policy: command_pb2.ScaffoldPolicy) -> None:
@@ -207,7 +224,7 @@ class CommandApplier:
             try:
                 self.runtime.root.get_submodule(tap)
             except AttributeError:
-                raise Rejected(field, f"unknown module '{tap}'") from None
+                raise Rejected(reasons.MODULE_NOT_FOUND, field, f"unknown module '{tap}'") from None
 
     # ---- references and exits --------------------------------------------------------------
 
@@ -216,15 +233,27 @@ class CommandApplier:
         if kind == "scaffold_id":
             live = self.runtime.live.get(ref.scaffold_id)
             if live is None:
-                raise Rejected(f"{action}.scaffold.scaffold_id", f"no live scaffold '{ref.scaffold_id}'")
+                raise Rejected(
+                    reasons.SCAFFOLD_NOT_FOUND,
+                    f"{action}.scaffold.scaffold_id",
+                    f"no live scaffold '{ref.scaffold_id}'",
+                )
         elif kind == "module":
             live = self.runtime.by_module(ref.module)
             if live is None:
-                raise Rejected(f"{action}.scaffold.module", f"no live scaffold on module '{ref.module}'")
+                raise Rejected(
+                    reasons.SCAFFOLD_NOT_FOUND,
+                    f"{action}.scaffold.module",
+                    f"no live scaffold on module '{ref.module}'",
+                )
         else:
-            raise Rejected(f"{action}.scaffold", "must set scaffold_id or module")
+            raise Rejected(reasons.INVALID_FIELD, f"{action}.scaffold", "must set scaffold_id or module")
         if live.exit and action in ("fold", "prune"):
-            raise Rejected(f"{action}.scaffold", f"scaffold '{live.scaffold_id}' is already leaving ({live.exit})")
+            raise Rejected(
+                reasons.EXIT_IN_FLIGHT,
+                f"{action}.scaffold",
+                f"scaffold '{live.scaffold_id}' is already leaving ({live.exit})",
+            )
         return live
 
     def _start_exit(self, live: LiveScaffold, kind: str, command_id: str, boundary: int) -> str:
@@ -233,7 +262,11 @@ class CommandApplier:
         if kind == EXIT_FOLD and fold_kind == job_pb2.FOLD_KIND_TRANSFER:
             kind = EXIT_TRANSFER
         elif kind == EXIT_FOLD and not live.plan.policy.fold.foldable:
-            raise Rejected("fold.scaffold", f"scaffold '{live.scaffold_id}' is not foldable (policy.fold.foldable)")
+            raise Rejected(
+                reasons.INVALID_FIELD,
+                "fold.scaffold",
+                f"scaffold '{live.scaffold_id}' is not foldable (policy.fold.foldable)",
+            )
         target = exact_alpha(kind, fold_kind)
         alpha = float(live.module.alpha)
         # sunset_ckpts 0 exits where alpha is, so a router fold's parity gap is measured, not ramped away.
@@ -256,7 +289,8 @@ class CommandApplier:
             try:
                 self.runtime.fold(live, boundary)
             except FoldError as error:
-                raise Rejected("fold.scaffold", str(error)) from None
+                # The fold's result would be non-finite: G1 could not pass on it.
+                raise Rejected(reasons.GATE_FAILING, "fold.scaffold", str(error)) from None
             if inputs:
                 after = self._site_outputs(live.module.host, inputs)
                 self.fold_parity[live.scaffold_id] = relative_change(before[0], after[0])
@@ -320,19 +354,31 @@ class CommandApplier:
     def _rollback(self, ref: command_pb2.ScaffoldRef, boundary: int) -> tuple[str, str]:
         kind = ref.WhichOneof("ref")
         if kind is None:
-            raise Rejected("rollback.scaffold", "must set scaffold_id or module")
+            raise Rejected(reasons.INVALID_FIELD, "rollback.scaffold", "must set scaffold_id or module")
         key = "scaffold_id" if kind == "scaffold_id" else "module"
         value = getattr(ref, kind)
         matches = [r for r in self.runtime.folds if r.scaffold[key] == value]
         if not matches:
-            raise Rejected(f"rollback.scaffold.{kind}", f"no fold of {key} '{value}' among the last 2 folds")
+            raise Rejected(
+                reasons.ROLLBACK_UNAVAILABLE,
+                f"rollback.scaffold.{kind}",
+                f"no fold of {key} '{value}' among the last 2 folds",
+            )
         record = matches[-1]
         module = record.scaffold["module"]
         if self.runtime.by_module(module) is not None:
-            raise Rejected(f"rollback.scaffold.{kind}", f"module '{module}' has a live scaffold; prune it first")
+            raise Rejected(
+                reasons.MODULE_OCCUPIED,
+                f"rollback.scaffold.{kind}",
+                f"module '{module}' has a live scaffold; prune it first",
+            )
         same_module = [r for r in self.runtime.folds if r.scaffold["module"] == module]
         if same_module[-1] is not record:
-            raise Rejected(f"rollback.scaffold.{kind}", f"a later fold on '{module}' must be rolled back first")
+            raise Rejected(
+                reasons.ROLLBACK_UNAVAILABLE,
+                f"rollback.scaffold.{kind}",
+                f"a later fold on '{module}' must be rolled back first",
+            )
         live = self.runtime.rollback(record, boundary)
         return live.scaffold_id, f"restored host '{module}' and scaffold '{live.scaffold_id}'"
 

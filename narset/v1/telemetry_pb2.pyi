@@ -119,18 +119,20 @@ class ScaffoldReport(_message.Message):
     def __init__(self, scaffold_id: _Optional[str] = ..., module: _Optional[str] = ..., blueprint: _Optional[str] = ..., stage: _Optional[_Union[ScaffoldStage, str]] = ..., alpha: _Optional[float] = ..., age_ckpts: _Optional[int] = ..., ttl_ckpts: _Optional[int] = ..., extensions: _Optional[int] = ..., paused: _Optional[bool] = ..., gates: _Optional[_Union[GateTelemetry, _Mapping]] = ..., region: _Optional[str] = ..., seed_parameters: _Optional[int] = ..., policy: _Optional[_Union[_command_pb2.ScaffoldPolicy, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("command_id", "outcome", "message", "boundary", "scaffold_id")
+    __slots__ = ("command_id", "outcome", "message", "boundary", "scaffold_id", "reason")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     BOUNDARY_FIELD_NUMBER: _ClassVar[int]
     SCAFFOLD_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     outcome: CommandOutcome
     message: str
     boundary: int
     scaffold_id: str
-    def __init__(self, command_id: _Optional[str] = ..., outcome: _Optional[_Union[CommandOutcome, str]] = ..., message: _Optional[str] = ..., boundary: _Optional[int] = ..., scaffold_id: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, command_id: _Optional[str] = ..., outcome: _Optional[_Union[CommandOutcome, str]] = ..., message: _Optional[str] = ..., boundary: _Optional[int] = ..., scaffold_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SafetyEvent(_message.Message):
     __slots__ = ("scaffold_id", "kind", "step", "detail")
