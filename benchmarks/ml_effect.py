@@ -70,6 +70,11 @@ class TaskConfig:
     """Training intervals; boundary k (1-based) is at step (k - 1) * steps_per_boundary, the last one at the end."""
     hosts: tuple[str, ...]
     """The host modules every scaffolded condition deploys on (one region each)."""
+    base_lr_seeds: int = 0
+    """More seeds run at the base rate only: the same-hyperparameter comparison (the do-no-harm bound) pairs over
+    the study's seeds and these. A scaffold that changes the training path moves a seed's test accuracy by about
+    half a point either way, so a bound of -0.3 pp needs more pairs than the choice of a rate does; as many as
+    the task's cost allows."""
 
     @property
     def steps(self) -> int:
@@ -100,10 +105,6 @@ class StudyConfig:
     tasks: tuple[TaskConfig, ...]
     seeds: tuple[int, ...]
     """Seeds run at every rate of the grid: the learning-rate choice and the retuned comparison."""
-    base_lr_seeds: tuple[int, ...] = ()
-    """More seeds run at the base rate only: the same-hyperparameter comparison (the do-no-harm bound) pairs over
-    `seeds` and these. A scaffold that changes the training path moves a seed's test accuracy by about half a
-    point either way, so a bound of -0.3 pp needs many more pairs than the choice of a rate does."""
     lr_factors: tuple[float, ...] = (0.25, 1.0, 4.0)
     deploy_at: int = 2
     """Boundary 1 (step 0) attaches the job; a deploy submitted then is applied at boundary 2. Deploying before
@@ -120,9 +121,23 @@ class StudyConfig:
 # One learning-rate grid for every task, 1e-3 / 4e-3 / 1.6e-2 (the rates of the simulation in docs/design.md
 # section 4); it brackets the baselines' best rate on digits. The LM is sized to keep the study within 20 minutes.
 FULL_TASKS = (
-    TaskConfig(name="digits-mlp", base_lr=4e-3, batch=64, steps_per_boundary=20, intervals=30, hosts=("fc1", "fc2")),
     TaskConfig(
-        name="digits-conv", base_lr=4e-3, batch=64, steps_per_boundary=20, intervals=30, hosts=("conv1", "conv2")
+        name="digits-mlp",
+        base_lr=4e-3,
+        batch=64,
+        steps_per_boundary=20,
+        intervals=30,
+        hosts=("fc1", "fc2"),
+        base_lr_seeds=15,
+    ),
+    TaskConfig(
+        name="digits-conv",
+        base_lr=4e-3,
+        batch=64,
+        steps_per_boundary=20,
+        intervals=30,
+        hosts=("conv1", "conv2"),
+        base_lr_seeds=5,
     ),
     TaskConfig(
         name="char-lm",
@@ -135,13 +150,13 @@ FULL_TASKS = (
 )
 # The default policies need 22 intervals to exit in the worst case: deploy at boundary 2, end of life at 14,
 # two PERSIST extensions of 3, a 2-boundary sunset.
-QUICK_TASKS = (replace(FULL_TASKS[0], steps_per_boundary=4, intervals=24),)
+QUICK_TASKS = (replace(FULL_TASKS[0], steps_per_boundary=4, intervals=24, base_lr_seeds=0),)
 
 
 def study_config(quick: bool, workers: int) -> StudyConfig:
     if quick:
         return StudyConfig(tasks=QUICK_TASKS, seeds=(0, 1), workers=workers, quick=True)
-    return StudyConfig(tasks=FULL_TASKS, seeds=tuple(range(5)), base_lr_seeds=tuple(range(5, 16)), workers=workers)
+    return StudyConfig(tasks=FULL_TASKS, seeds=tuple(range(5)), workers=workers)
 
 
 def conditions(config: StudyConfig, task: TaskConfig, fits: dict[str, str]) -> list[Condition]:
@@ -696,9 +711,14 @@ def _specs(config: StudyConfig, plans: dict[str, list[Condition]], narset: str |
         RunSpec(task=task, condition=c, lr=task.base_lr * f, seed=s, deploy_at=config.deploy_at, narset=narset)
         for task in config.tasks
         for f in config.lr_factors
-        for s in config.seeds + (config.base_lr_seeds if f == 1.0 else ())
+        for s in config.seeds + (_base_lr_seeds(config, task) if f == 1.0 else ())
         for c in plans[task.name]
     ]
+
+
+def _base_lr_seeds(config: StudyConfig, task: TaskConfig) -> tuple[int, ...]:
+    first = max(config.seeds) + 1
+    return tuple(range(first, first + task.base_lr_seeds))
 
 
 def _run_all(config: StudyConfig, specs: list[RunSpec]) -> list[RunResult]:
@@ -867,7 +887,6 @@ def render_markdown(results: dict, command: str, figure: str) -> str:
     config = results["config"]
     env = results["environment"]
     seeds = len(config["seeds"])
-    base_seeds = seeds + len(config["base_lr_seeds"])
     factors = ", ".join(f"{f:g}" for f in config["lr_factors"])
     lines = [
         START,
@@ -903,12 +922,12 @@ def render_markdown(results: dict, command: str, figure: str) -> str:
         "host initialisation and the same batch order under every condition and rate. Boundary 1 is at step 0 "
         "(the job attaches to Narset); boundaries then every `steps_per_boundary` steps, the last one at the end.",
         "",
-        "| task | batch | steps per boundary | intervals | steps | base lr |",
-        "|---|---|---|---|---|---|",
+        "| task | batch | steps per boundary | intervals | steps | base lr | seeds at the base lr |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {t['name']} | {t['batch']} | {t['steps_per_boundary']} | {t['intervals']} | "
-        f"{t['steps_per_boundary'] * t['intervals']} | {t['base_lr']:g} |"
+        f"{t['steps_per_boundary'] * t['intervals']} | {t['base_lr']:g} | {seeds + t['base_lr_seeds']} |"
         for t in config["tasks"]
     ]
     lines += [
@@ -930,10 +949,12 @@ def render_markdown(results: dict, command: str, figure: str) -> str:
         "seeds of the final validation score (accuracy for digits, loss for the LM), measured at the last "
         "boundary, after every scaffold has left. The retuned comparison pairs each condition at its chosen rate "
         "with the baseline at its own chosen rate; the same-HP comparison pairs both at the base rate.",
-        f"- **Statistics**: {seeds} seeds at every rate, {base_seeds} at the base rate. Test metrics of the host "
+        f"- **Statistics**: {seeds} seeds at every rate, more at the base rate where a task is cheap (table "
+        "above). Test metrics of the host "
         "at the end of training (after every exit). "
         "Per seed the difference condition − baseline; mean and two-sided 95% t-interval "
-        f"(t with n − 1 degrees of freedom: n = {base_seeds} vs the same-HP baseline, {seeds} vs the retuned one)."
+        f"(t with n − 1 degrees of freedom: n = the task's seeds at the base rate vs the same-HP baseline, {seeds} "
+        "vs the retuned one)."
         " ↑ / ↓ mark an interval that excludes 0. Accuracy in percentage "
         "points (pp); LM loss in nats per character (negative is better).",
         "- **Time**: step-time ratio = ms per training step over the intervals in which a scaffold was live, "
