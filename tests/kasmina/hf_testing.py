@@ -27,7 +27,11 @@ def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
         embd_pdrop=0.0,
         attn_pdrop=0.0,
     )
-    return GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config)
+    # GPT-2's class name does not tell transformers its loss is the causal-LM one (which it uses anyway); named,
+    # Trainer also counts the shifted labels that loss averages over.
+    model.loss_type = "ForCausalLM"
+    return model
 
 
 def lm_batch(index: int, rows: int = 4, pad: int = 3) -> dict[str, torch.Tensor]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hf_testing import Plan, host_tensors, lm_batch, lm_rows, tiny_gpt2
 from kasmina_testing import deploy, on, schedule
-from transformers import GPT2LMHeadModel, TrainingArguments
+from transformers import GPT2LMHeadModel, TrainerCallback, TrainingArguments, default_data_collator
 
 from kasmina_worker.integrations.hf import KasminaCallback, KasminaTrainer
 from narset.v1 import telemetry_pb2
@@ -99,6 +99,67 @@ def test_hf_trainer_lifecycle_resume_and_save_pretrained(tmp_path):
     assert all(torch.equal(final[k], resumed_final[k]) for k in final)
     tail = [e["loss"] for e in seen["log"] if "loss" in e and e["step"] > 6]
     assert tail == [e["loss"] for e in resumed_seen["log"] if "loss" in e and e["step"] > 6]
+
+
+class _Gradients(TrainerCallback):
+    """At optimiser step 4 (teaching on), the gradients Trainer accumulated over the step's two micro-batches
+    against one plain forward and backward of their concatenation plus the worker's teaching terms."""
+
+    def __init__(self, kasmina: KasminaCallback, batches: list) -> None:
+        self.kasmina, self.batches, self.checked = kasmina, batches, {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs) -> None:
+        if state.global_step != 3:
+            return
+        params = [p for p in model.parameters() if p.grad is not None]
+        accumulated = [p.grad.clone() for p in params]
+        whole = {k: torch.cat([b[k] for b in self.batches[-ACCUMULATION:]]) for k in self.batches[-1]}
+        model.zero_grad()
+        loss = model(**whole).loss
+        terms = self.kasmina.worker.teaching_terms()
+        self.checked["terms"] = float(terms.detach())
+        (loss + terms).backward()
+        self.checked["errors"] = [
+            float((a - p.grad).abs().max() / p.grad.abs().max()) for a, p in zip(accumulated, params, strict=True)
+        ]
+        for p, grad in zip(params, accumulated, strict=True):
+            p.grad = grad  # Trainer steps on its own gradients
+
+
+def test_teaching_terms_and_loss_reach_backward_at_the_step_scale(tmp_path):
+    """Under accumulation 2 with a weaning scaffold teaching by site distillation, the gradients of an optimiser
+    step equal those of one pass over the whole step's batch plus its teaching terms (1e-5 relative)."""
+    weaning = schedule(warmup_ckpts=1, decay_ckpts=6)
+    weaning.teaching.site_distill_weight = 100.0  # teaching that moves the gradients visibly
+    plan = Plan(
+        {1: [deploy("transformer.h.0.mlp.c_fc", "residual_mlp", "mlp", blueprint_params={"hidden": 8}, policy=weaning)]}
+    )
+    kasmina = KasminaCallback("teach", boundary_steps=1, transport=plan)
+    batches: list = []
+
+    def collate(rows):
+        batches.append(default_data_collator(rows))
+        return batches[-1]
+
+    gradients = _Gradients(kasmina, batches)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        max_steps=4,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=ACCUMULATION,
+        max_grad_norm=0.0,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
+    trainer = KasminaTrainer(
+        model=tiny_gpt2(), args=args, train_dataset=lm_rows(32), data_collator=collate, callbacks=[kasmina, gradients]
+    )
+    trainer.train()
+    assert plan.reports[2].scaffolds[0].stage == telemetry_pb2.SCAFFOLD_STAGE_DECAY
+    assert gradients.checked["terms"] > 0
+    assert max(gradients.checked["errors"]) <= 1e-5, max(gradients.checked["errors"])
 
 
 def test_trainer_without_its_callback_or_with_a_bad_cadence_is_refused(tmp_path):
