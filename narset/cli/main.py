@@ -265,8 +265,10 @@ def cmd_submit(client: NarsetClient, args: argparse.Namespace) -> None:
     record = response.record
     note = " (already submitted: this is the original)" if response.duplicate else ""
     print(
-        f"{record.command.WhichOneof('action')} {record.command.command_id} for scaffold {record.scaffold_id}: "
-        f"{render.enum_label(command_pb2.CommandState, record.state, 'COMMAND_STATE_')}{note}"
+        render.escaped(
+            f"{record.command.WhichOneof('action')} {record.command.command_id} for scaffold {record.scaffold_id}: "
+            f"{render.enum_label(command_pb2.CommandState, record.state, 'COMMAND_STATE_')}{note}"
+        )
     )
 
 
@@ -481,15 +483,14 @@ def main(argv: list[str] | None = None) -> int:
     except NarsetError as error:
         if args.json:
             render.emit_json({"error": _error_document(error)})
+        details = render.escaped(error.details)  # a refusal echoes the values it refused
         if error.code in REFUSAL_CODES:
-            print(f"narset: refused ({error.code.name}): {error.details}", file=sys.stderr)
+            print(f"narset: refused ({error.code.name}): {details}", file=sys.stderr)
             return EXIT_REFUSED
         if error.code in UNREACHABLE_CODES:
-            print(
-                f"narset: cannot reach Narset at {client.address} ({error.code.name}): {error.details}", file=sys.stderr
-            )
+            print(f"narset: cannot reach Narset at {client.address} ({error.code.name}): {details}", file=sys.stderr)
             return EXIT_UNREACHABLE
-        print(f"narset: server error ({error.code.name}): {error.details}", file=sys.stderr)
+        print(f"narset: server error ({error.code.name}): {details}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

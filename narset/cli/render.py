@@ -1,4 +1,9 @@
-"""Output of the `narset` CLI: aligned text tables for people, JSON documents for scripts."""
+"""Output of the `narset` CLI: aligned text tables for people, JSON documents for scripts.
+
+Names, ids and reasons come from jobs and clients Narset does not control: every text printed for
+people goes through `escaped`, so that none can move the cursor, clear the screen, retitle the
+terminal or reverse the text around it (JSON escapes control characters itself).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ __all__ = [
     "decision_row",
     "emit_json",
     "enum_label",
+    "escaped",
     "event_line",
     "gate_summary",
     "job_rows",
@@ -33,6 +39,14 @@ __all__ = [
     "stage_name",
     "to_dict",
 ]
+
+
+def escaped(text: str) -> str:
+    """`text` with each control, format or separator character other than a space (ESC, BEL, CR, line
+    breaks, bidirectional overrides...) shown as its Python escape (`\\x1b`, `\\u202e`)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def to_dict(message: Message) -> dict:
@@ -53,7 +67,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty:
     if not rows:
         print(empty)
         return
-    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    cells = [[str(c) for c in headers]] + [["" if c is None else escaped(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for index, row in enumerate(cells):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -153,7 +167,7 @@ DECISION_HEADERS = ["BOUNDARY", "SCAFFOLD", "OUTCOME", "BY", "GATES", "REASON"]
 
 def event_line(event: job_pb2.Event) -> str:
     kind = enum_label(job_pb2.EventKind, event.kind, "EVENT_KIND_")
-    return f"{event.sequence:>6}  {_when(event.created_at)}  {event.job_id}  {kind:<18} {event.message}"
+    return escaped(f"{event.sequence:>6}  {_when(event.created_at)}  {event.job_id}  {kind:<18} {event.message}")
 
 
 def job_rows(jobs: Sequence[job_pb2.Job]) -> list[list[object]]:
