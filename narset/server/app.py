@@ -9,7 +9,6 @@ from pathlib import Path
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
 from narset.contract.limits import message_size_options
@@ -22,6 +21,7 @@ from narset.server.guard import Guard
 from narset.server.identity import Authority
 from narset.server.metrics import Metrics, MetricsEndpoint, StoreCollector
 from narset.server.operator_service import OperatorService
+from narset.server.reflection import enable_reflection
 from narset.server.settings import ServerSettings, exposure_error
 from narset.server.worker_service import WorkerService
 from narset.store import Store, open_store
@@ -99,7 +99,7 @@ class NarsetServer:
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
         if credentials is None:
             port = server.add_insecure_port(self.settings.address)
         else:
