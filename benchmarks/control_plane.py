@@ -2,6 +2,11 @@
 reports as fast as they can for a fixed time.
 
     python benchmarks/control_plane.py --jobs 200 --seconds 20
+    python benchmarks/control_plane.py --jobs 200 --seconds 20 --db postgresql://narset@127.0.0.1:5432/bench
+    python benchmarks/control_plane.py --jobs 200 --seconds 20 --db postgresql://... --replicas 2
+
+`--db sqlite` (the default) is a fresh SQLite file; a postgresql:// URL names an empty database (or
+schema) that `--replicas` serve processes share, each job's reports going to the replicas in turn.
 
 Each job is rank 0 of a training job as Narset sees it: it attaches with a 24-module tree, then
 reports boundary after boundary with a probe loss, metrics, two live scaffolds with full gate
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -22,6 +28,7 @@ from pathlib import Path
 import grpc
 
 from narset.server.launch import ServeProcess
+from narset.store import is_postgres_url
 from narset.v1 import (
     command_pb2,
     job_pb2,
@@ -70,11 +77,15 @@ def scaffold(scaffold_id: str, module: str, boundary: int) -> telemetry_pb2.Scaf
     )
 
 
-async def run_job(address: str, job_id: str, deadline: float, latencies: list[float]) -> int:
-    async with grpc.aio.insecure_channel(address) as channel:
-        worker = worker_service_pb2_grpc.WorkerServiceStub(channel)
-        operator = operator_service_pb2_grpc.OperatorServiceStub(channel)
-        session = (await worker.Attach(attach_request(job_id))).session_id
+async def run_job(addresses: list[str], index: int, deadline: float, latencies: list[float]) -> int:
+    """Job `index`: attach and submit through one replica, then report to each replica in turn."""
+    job_id = f"job-{index:04d}"
+    channels = [grpc.aio.insecure_channel(address) for address in addresses]
+    try:
+        workers = [worker_service_pb2_grpc.WorkerServiceStub(channel) for channel in channels]
+        home = index % len(channels)
+        operator = operator_service_pb2_grpc.OperatorServiceStub(channels[home])
+        session = (await workers[home].Attach(attach_request(job_id))).session_id
         deploy = command_pb2.AdaptationCommand(command_id=f"{job_id}-deploy", job_id=job_id)
         deploy.deploy.module, deploy.deploy.blueprint = "blocks.3.fc1", "lora"
         await operator.SubmitCommand(operator_service_pb2.SubmitCommandRequest(command=deploy))
@@ -94,7 +105,7 @@ async def run_job(address: str, job_id: str, deadline: float, latencies: list[fl
                 step_time_ms=120.0,
             )
             started = time.perf_counter()
-            response = await worker.ReportBoundary(request)
+            response = await workers[(home + boundary) % len(workers)].ReportBoundary(request)
             latencies.append(time.perf_counter() - started)
             results = [
                 telemetry_pb2.CommandResult(
@@ -106,6 +117,9 @@ async def run_job(address: str, job_id: str, deadline: float, latencies: list[fl
                 live = [scaffold(f"{job_id}-deploy", "blocks.3.fc1", 1)]
             live = [scaffold(s.scaffold_id, s.module, s.age_ckpts + 1) for s in live]
         return boundary
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -116,40 +130,61 @@ def rss_kib(pid: int) -> tuple[int, int]:
 
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServeProcess(Path(tmp) / "narset.db", log_level="warning")
+        if args.db == "sqlite":
+            servers = [ServeProcess(Path(tmp) / "narset.db", log_level="warning")]
+        else:
+            servers = []
+            for i in range(args.replicas):  # one after the other: each migrates or finds the schema done
+                servers.append(ServeProcess(args.db, log_level="warning", files=Path(tmp) / f"replica-{i}"))
         try:
-            idle_rss, _ = rss_kib(server.pid)
+            idle = [rss_kib(server.pid)[0] for server in servers]
             latencies: list[float] = []
             deadline = time.monotonic() + args.seconds
             started = time.monotonic()
-            boundaries = await asyncio.gather(
-                *(run_job(server.address, f"job-{i:04d}", deadline, latencies) for i in range(args.jobs))
-            )
+            addresses = [server.address for server in servers]
+            boundaries = await asyncio.gather(*(run_job(addresses, i, deadline, latencies) for i in range(args.jobs)))
             elapsed = time.monotonic() - started
-            rss, peak = rss_kib(server.pid)
+            end = [rss_kib(server.pid) for server in servers]
         finally:
-            server.terminate()
+            for server in servers:
+                server.terminate()
     latencies.sort()
 
     def ms(quantile: float) -> float:
         return latencies[min(len(latencies) - 1, int(quantile * len(latencies)))] * 1000
 
+    if args.db == "sqlite":  # `narset serve` takes NARSET_SQLITE_SYNCHRONOUS from the environment it inherits
+        store = f"SQLite, a fresh file, synchronous={os.environ.get('NARSET_SQLITE_SYNCHRONOUS', 'normal')}"
+    else:
+        store = f"PostgreSQL, {len(servers)} replica(s)"
+    print(f"store                {store}")
     print(f"jobs                 {args.jobs}")
     print(f"duration             {elapsed:.1f} s")
     print(f"reports              {len(latencies)} ({min(boundaries)}..{max(boundaries)} per job)")
     print(f"reports/s            {len(latencies) / elapsed:.0f}")
     mean = statistics.mean(latencies) * 1000
     print(f"exchange latency     p50 {ms(0.50):.2f} ms   p99 {ms(0.99):.2f} ms   mean {mean:.2f} ms")
-    print(
-        f"server RSS           idle {idle_rss / 1024:.0f} MiB   end {rss / 1024:.0f} MiB   peak {peak / 1024:.0f} MiB"
-    )
+    for i, (idle_kib, (rss, peak)) in enumerate(zip(idle, end, strict=True)):
+        name = "server RSS" if len(servers) == 1 else f"replica {i + 1} RSS"
+        print(f"{name:<21}idle {idle_kib / 1024:.0f} MiB   end {rss / 1024:.0f} MiB   peak {peak / 1024:.0f} MiB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200, help="simulated jobs (default 200)")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long to run (default 20)")
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument(
+        "--db",
+        default="sqlite",
+        help="sqlite (a fresh file, the default) or the postgresql:// URL of an empty database",
+    )
+    parser.add_argument("--replicas", type=int, default=1, help="narset serve processes on a PostgreSQL store")
+    args = parser.parse_args()
+    if args.db != "sqlite" and not is_postgres_url(args.db):
+        parser.error(f"--db must be sqlite or a postgresql:// URL, got {args.db!r}")
+    if args.replicas < 1 or (args.replicas > 1 and args.db == "sqlite"):
+        parser.error("--replicas: at least 1, and more than 1 only on a PostgreSQL store (SQLite has one writer)")
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

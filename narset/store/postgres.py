@@ -102,13 +102,7 @@ class PostgresStore(Store):
     @classmethod
     def open(cls, url: str) -> PostgresStore:  # type: ignore[override]
         """Connect to the database at `url` and migrate its schema."""
-        store = cls(url)
-        try:
-            store._migrate()
-        except BaseException:
-            store.close()
-            raise
-        return store
+        return cls(url)._migrated()
 
     @property
     def shown(self) -> str:
@@ -121,11 +115,6 @@ class PostgresStore(Store):
         db.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
         db.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'")
         return db
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
     def _connection(self) -> psycopg.Connection:
         """The connection, reopened if it broke (the server restarted, a failover)."""

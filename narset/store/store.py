@@ -30,6 +30,7 @@ __all__ = ["Store"]
 log = structlog.get_logger("narset.store")
 
 M = TypeVar("M", bound=Message)
+S = TypeVar("S", bound="Store")
 
 
 def _in(values: Iterable[int]) -> str:
@@ -70,13 +71,16 @@ class Store:
         db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         db.execute("PRAGMA foreign_keys=ON")
         db.execute("PRAGMA busy_timeout=5000")
-        store = cls(db, path)
+        return cls(db, path)._migrated()
+
+    def _migrated(self: S) -> S:
+        """This store once its schema is migrated; closed if the migration fails."""
         try:
-            store._migrate()
+            self._migrate()
         except BaseException:
-            store.close()
+            self.close()
             raise
-        return store
+        return self
 
     def close(self) -> None:
         """Close the connection, checkpointing the WAL into the main file; safe twice."""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -53,6 +54,25 @@ def test_the_configmaps_narset_toml_loads_as_server_settings(tmp_path):
     settings = load_settings(path)
     assert tomllib.loads(path.read_text())["address"] == settings.address == "0.0.0.0:50051"
     assert settings.tls_cert is not None and {t.role for t in settings.tokens} == {"operator", "worker"}
+
+
+def test_the_configmaps_postgres_settings_load_and_differ_only_in_the_store(tmp_path):
+    """narset-postgres.toml (replicas on PostgreSQL) is valid settings: a postgresql:// URL without a password
+    (libpq reads PGPASSWORD, from the narset-postgres Secret), everything else as in narset.toml."""
+    (config_map,) = _documents(DEPLOY / "k8s" / "configmap.yaml")
+    loaded = {}
+    for key in ("narset.toml", "narset-postgres.toml"):
+        (tmp_path / key).write_text(config_map["data"][key])
+        loaded[key] = load_settings(tmp_path / key)
+    url = loaded["narset-postgres.toml"].db_path
+    assert isinstance(url, str) and urlsplit(url).scheme == "postgresql" and urlsplit(url).password is None
+    replicated = loaded["narset-postgres.toml"].model_dump() | {"db_path": Path("/data/narset.db")}
+    assert replicated == loaded["narset.toml"].model_dump()
+    deployment = _documents(DEPLOY / "k8s" / "deployment.yaml")[0]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "narset-postgres"
+    secrets = {d["metadata"]["name"] for d in _documents(DEPLOY / "k8s" / "secret.yaml")}
+    assert "narset-postgres" in secrets
 
 
 def test_compose_runs_narset_with_a_worker_token_and_the_job_after_it_is_healthy(monkeypatch):

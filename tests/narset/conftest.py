@@ -58,6 +58,14 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
+def pg_url(postgres: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh PostgreSQL schema (its own tables), whatever the test's backend."""
+    url = postgres.create_schema()
+    yield url
+    postgres.drop_schema(url)
+
+
+@pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "narset.db"
 
@@ -68,10 +76,7 @@ def db(backend: str, db_path: Path, request: pytest.FixtureRequest) -> Iterator[
     if backend == "sqlite":
         yield db_path
         return
-    postgres: PostgresServer = request.getfixturevalue("postgres")
-    url = postgres.create_schema()
-    yield url
-    postgres.drop_schema(url)
+    yield request.getfixturevalue("pg_url")
 
 
 @pytest.fixture

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import grpc
 import pytest
@@ -26,13 +29,6 @@ from narset.v1 import (
     worker_service_pb2,
     worker_service_pb2_grpc,
 )
-
-
-@pytest.fixture
-def pg_url(postgres):
-    url = postgres.create_schema()
-    yield url
-    postgres.drop_schema(url)
 
 
 @pytest.fixture
@@ -259,3 +255,23 @@ def test_two_replicas_serve_one_job_like_one_and_lose_nothing_to_kill_9(postgres
     assert outcomes["DECISION_OUTCOME_FUSE"] and outcomes["DECISION_OUTCOME_PRUNE"], outcomes
     assert view["embargoes"]
     assert view == reference
+
+
+def test_the_control_plane_benchmark_runs_on_both_stores(postgres, tmp_path):
+    """benchmarks/control_plane.py measures SQLite, and PostgreSQL with two replicas, and says which."""
+    benchmark = Path(__file__).resolve().parents[2] / "benchmarks" / "control_plane.py"
+    url = postgres.create_schema()
+    try:
+        for flags, store in (
+            ([], "SQLite, a fresh file"),
+            (["--db", url, "--replicas", "2"], "PostgreSQL, 2 replica(s)"),
+        ):
+            argv = [sys.executable, str(benchmark), "--jobs", "4", "--seconds", "1", *flags]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            figures = dict(
+                line.split(None, 1) for line in done.stdout.splitlines() if line.startswith(("store", "reports/s"))
+            )
+            assert figures["store"].startswith(store) and int(figures["reports/s"]) > 0, done.stdout
+    finally:
+        postgres.drop_schema(url)

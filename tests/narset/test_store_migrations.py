@@ -66,13 +66,6 @@ CREATE TRIGGER audit_probe_stamp AFTER INSERT ON jobs FOR EACH ROW EXECUTE FUNCT
 
 
 @pytest.fixture
-def pg_url(postgres):
-    url = postgres.create_schema()
-    yield url
-    postgres.drop_schema(url)
-
-
-@pytest.fixture
 def postgres_store(postgres):
     """The PostgreSQL store's module (importable where a server could start: psycopg is there)."""
     import narset.store.postgres
