@@ -133,6 +133,10 @@ class NarsetClient:
             raise NarsetError.from_rpc(error) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
+    def detach_job(self, job_id: str, reason: str = "") -> job_pb2.Job:
+        """Free `job_id` for a new worker (its own died without detaching); the job as it is now."""
+        return self._call("DetachJob", pb.DetachJobRequest(job_id=job_id, reason=reason)).job
+
     def list_audit(self, job_id: str = "", after_sequence: int = 0, limit: int = 0) -> list[pb.AuditEntry]:
         request = pb.ListAuditRequest(job_id=job_id, after_sequence=after_sequence, limit=limit)
         return list(self._call("ListAudit", request).entries)

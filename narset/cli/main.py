@@ -280,6 +280,14 @@ def cmd_audit(client: NarsetClient, args: argparse.Namespace) -> None:
         render.print_table(render.AUDIT_HEADERS, [render.audit_row(e) for e in entries], empty="no audit entries")
 
 
+def cmd_detach(client: NarsetClient, args: argparse.Namespace) -> None:
+    job = client.detach_job(args.job, args.reason)
+    if args.json:
+        render.emit_json(job)
+    else:
+        render.print_table(render.JOB_HEADERS, render.job_rows([job]))
+
+
 def cmd_watch(client: NarsetClient, args: argparse.Namespace) -> None:
     for event in client.watch(args.job, after_sequence=args.after, follow=not args.no_follow):
         if args.json:
@@ -431,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("job", nargs="?", help="only this job's entries")
     audit.add_argument("--after", type=int, default=0, help="entries after this sequence number")
     audit.add_argument("--limit", type=int, default=0, help="at most this many (default and most: 1000)")
+    detach = query("detach", cmd_detach, "free a job whose worker died: its credential stops working (audited)")
+    detach.add_argument("--reason", default="", help="why, for the job's events and the audit log")
     watch = query("watch", cmd_watch, "stream a job's events")
     watch.add_argument("--after", type=int, default=0, help="replay stored events after this sequence number")
     watch.add_argument("--no-follow", action="store_true", help="print stored events and exit")

@@ -19,7 +19,7 @@ from narset.v1 import operator_service_pb2, telemetry_pb2
 
 __all__ = ["MUTATING", "AuditedCall", "decision_entries", "entry"]
 
-MUTATING = frozenset({"Attach", "ReportBoundary", "Detach", "SubmitCommand", "SetPolicy"})
+MUTATING = frozenset({"Attach", "ReportBoundary", "Detach", "SubmitCommand", "SetPolicy", "DetachJob"})
 
 
 @dataclass(slots=True)
@@ -35,7 +35,7 @@ class AuditedCall:
     detail: str = ""  # what the caller stated beyond its identity (an issuer), or a decision's reason
 
     def learn(self, request: Message) -> None:
-        """Take the job, the command id and a claimed issuer from the decoded request."""
+        """Take the job, the command id, a claimed issuer and a stated reason from the decoded request."""
         command = getattr(request, "command", None)
         if isinstance(command, Message):
             self.job_id, self.command_id = command.job_id, command.command_id
@@ -43,6 +43,8 @@ class AuditedCall:
                 self.detail = f"claimed issued_by {shown(command.issued_by)}"
         elif "job_id" in request.DESCRIPTOR.fields_by_name:
             self.job_id = request.job_id
+        if "reason" in request.DESCRIPTOR.fields_by_name and request.reason:
+            self.detail = f"reason {shown(request.reason)}"  # why a job was detached
 
 
 def entry(call: AuditedCall, outcome: str, refusal: Refusal | None = None) -> operator_service_pb2.AuditEntry:

@@ -31,6 +31,7 @@ _ROLES_OF_METHOD = {
     "Detach": _WORK,
     "SubmitCommand": _ACT,
     "SetPolicy": _ACT,
+    "DetachJob": _ACT,
     "ListAudit": frozenset({"admin"}),
 }
 

@@ -159,6 +159,22 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
         if request.after_sequence < 0:
             raise Refusal(reasons.INVALID_FIELD, "after_sequence", f"must be >= 0, got {request.after_sequence}")
 
+    def DetachJob(self, request: pb.DetachJobRequest, context: grpc.aio.ServicerContext) -> pb.DetachJobResponse:
+        """Free a job whose worker died: DETACHED, its session credential revoked; a repeat changes nothing."""
+        with self._store.transaction(job=request.job_id):
+            job = self._job(request.job_id)
+            if job.state == job_pb2.JOB_STATE_ATTACHED:
+                job.state = job_pb2.JOB_STATE_DETACHED
+                self._store.put_job(job)
+                self._store.set_session(job.job_id, "")
+                self._events.emit(
+                    job.job_id,
+                    job_pb2.EVENT_KIND_JOB_DETACHED,
+                    f"job detached by {CALLER.get().name}: {request.reason or 'no reason given'}",
+                    by=CALLER.get().name,
+                )
+        return pb.DetachJobResponse(job=job)
+
     def ListAudit(self, request: pb.ListAuditRequest, context: grpc.aio.ServicerContext) -> pb.ListAuditResponse:
         if request.after_sequence < 0:
             raise Refusal(reasons.INVALID_FIELD, "after_sequence", f"must be >= 0, got {request.after_sequence}")

@@ -85,7 +85,7 @@ class OperatorServiceStub:
     - RESERVED_ISSUER (PERMISSION_DENIED): issued_by names a principal of Narset itself (narset:, policy:,
     kasmina:). A command's issued_by is the caller's identity; the text a client sends is only audited.
 
-    Reads need the admin, operator or viewer role, SubmitCommand and SetPolicy admin or operator,
+    Reads need the admin, operator or viewer role, SubmitCommand, SetPolicy and DetachJob admin or operator,
     ListAudit admin. ListJobs lists the jobs the token covers; WatchEvents of every job needs a token
     covering every job. No read returns a session credential.
     """
@@ -161,6 +161,11 @@ class OperatorServiceStub:
                 request_serializer=narset_dot_v1_dot_operator__service__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=narset_dot_v1_dot_operator__service__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.DetachJob = channel.unary_unary(
+                '/narset.v1.OperatorService/DetachJob',
+                request_serializer=narset_dot_v1_dot_operator__service__pb2.DetachJobRequest.SerializeToString,
+                response_deserializer=narset_dot_v1_dot_operator__service__pb2.DetachJobResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -223,7 +228,7 @@ class OperatorServiceServicer:
     - RESERVED_ISSUER (PERMISSION_DENIED): issued_by names a principal of Narset itself (narset:, policy:,
     kasmina:). A command's issued_by is the caller's identity; the text a client sends is only audited.
 
-    Reads need the admin, operator or viewer role, SubmitCommand and SetPolicy admin or operator,
+    Reads need the admin, operator or viewer role, SubmitCommand, SetPolicy and DetachJob admin or operator,
     ListAudit admin. ListJobs lists the jobs the token covers; WatchEvents of every job needs a token
     covering every job. No read returns a session credential.
     """
@@ -309,6 +314,14 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DetachJob(self, request, context):
+        """Detach a job for its worker (one that died without detaching): its session credential stops
+        working, and the next Attach of the job needs no credential. Admin or operator; audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -376,6 +389,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=narset_dot_v1_dot_operator__service__pb2.ListAuditRequest.FromString,
                     response_serializer=narset_dot_v1_dot_operator__service__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'DetachJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachJob,
+                    request_deserializer=narset_dot_v1_dot_operator__service__pb2.DetachJobRequest.FromString,
+                    response_serializer=narset_dot_v1_dot_operator__service__pb2.DetachJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,7 +463,7 @@ class OperatorService:
     - RESERVED_ISSUER (PERMISSION_DENIED): issued_by names a principal of Narset itself (narset:, policy:,
     kasmina:). A command's issued_by is the caller's identity; the text a client sends is only audited.
 
-    Reads need the admin, operator or viewer role, SubmitCommand and SetPolicy admin or operator,
+    Reads need the admin, operator or viewer role, SubmitCommand, SetPolicy and DetachJob admin or operator,
     ListAudit admin. ListJobs lists the jobs the token covers; WatchEvents of every job needs a token
     covering every job. No read returns a session credential.
     """
@@ -791,6 +809,33 @@ class OperatorService:
             '/narset.v1.OperatorService/ListAudit',
             narset_dot_v1_dot_operator__service__pb2.ListAuditRequest.SerializeToString,
             narset_dot_v1_dot_operator__service__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetachJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/narset.v1.OperatorService/DetachJob',
+            narset_dot_v1_dot_operator__service__pb2.DetachJobRequest.SerializeToString,
+            narset_dot_v1_dot_operator__service__pb2.DetachJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
