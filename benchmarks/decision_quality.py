@@ -316,9 +316,11 @@ def run(spec: RunSpec) -> RunResult:
     stop, step, exited = spec.stop_at or MAX_BOUNDARIES, 0, False
     for boundary in range(2, MAX_BOUNDARIES + 1):
         for _ in range(STEPS_PER_BOUNDARY):
-            loss = F.mse_loss(worker.model(train[0]), train[1])
+            # The corruption is a teaching term: added after the step loss is recorded, as Kasmina's own are, so the
+            # breakers and G4 see the task loss it damages, not the term itself.
+            loss = worker.step_loss(F.mse_loss(worker.model(train[0]), train[1]))
             extra = corruption.term() if corruption is not None else None
-            loss = worker.step_loss(loss if extra is None else loss + extra)
+            loss = loss if extra is None else loss + extra
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

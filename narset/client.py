@@ -46,6 +46,10 @@ class NarsetError(Exception):
         self.field = field
         super().__init__(f"{code.name}: {details}")
 
+    def __reduce__(self):
+        # Pickled with its fields (Exception pickles only `args`), so it crosses a process pool intact.
+        return type(self), (self.code, self.details, self.reason, self.field)
+
     @classmethod
     def from_rpc(cls, error: grpc.RpcError) -> NarsetError:
         reason, field = read_reason(rpc_status.from_call(error))

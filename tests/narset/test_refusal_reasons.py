@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -156,3 +157,17 @@ def test_client_error_exposes_reason_and_field(server, client, attached, unused_
     with NarsetClient(f"127.0.0.1:{unused_tcp_port}", timeout_s=1) as nowhere, pytest.raises(NarsetError) as down:
         nowhere.list_jobs()
     assert (down.value.code, down.value.reason, down.value.field) == (grpc.StatusCode.UNAVAILABLE, "", "")
+
+
+def test_a_refusal_crosses_a_process_boundary_intact(client):
+    """A NarsetError pickles with its status, message, reason and field (a process pool re-raises it whole)."""
+    with pytest.raises(NarsetError) as refused:
+        client.submit(deploy("no.such.module", job="nobody"))
+    copy = pickle.loads(pickle.dumps(refused.value))
+    assert (copy.code, copy.details, copy.reason, copy.field) == (
+        refused.value.code,
+        refused.value.details,
+        refused.value.reason,
+        refused.value.field,
+    )
+    assert copy.reason and str(copy) == str(refused.value)
