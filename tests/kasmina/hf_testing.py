@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Callable
 
 import torch
+from kasmina_testing import deploy, schedule
 from transformers import GPT2Config, GPT2LMHeadModel
 
 VOCAB = 97
@@ -77,3 +78,23 @@ class Plan:
         self.reports.append(report)
         self.watch(report)
         return list(self.commands.get(report.boundary, []))
+
+
+def gradient_errors(model: torch.nn.Module, reference: Callable[[], torch.Tensor]) -> list[float]:
+    """Each accumulated gradient's largest error relative to the gradient of `reference()` (a loss computed now,
+    at the same parameters); the accumulated gradients are put back for the trainer's step."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    accumulated = [p.grad.clone() for p in params]
+    model.zero_grad()
+    reference().backward()
+    errors = [float((a - p.grad).abs().max() / p.grad.abs().max()) for a, p in zip(accumulated, params, strict=True)]
+    for p, grad in zip(params, accumulated, strict=True):
+        p.grad = grad
+    return errors
+
+
+def weaning_plan(site: str) -> Plan:
+    """A residual MLP deployed on `site` at boundary 1, weaning from boundary 2 on with strong site distillation."""
+    weaning = schedule(warmup_ckpts=1, decay_ckpts=6)
+    weaning.teaching.site_distill_weight = 100.0  # teaching that moves the gradients visibly
+    return Plan({1: [deploy(site, "residual_mlp", "mlp", blueprint_params={"hidden": 8}, policy=weaning)]})

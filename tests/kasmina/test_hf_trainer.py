@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from hf_testing import Plan, host_tensors, lm_batch, lm_rows, tiny_gpt2
+from hf_testing import Plan, gradient_errors, host_tensors, lm_batch, lm_rows, tiny_gpt2, weaning_plan
 from kasmina_testing import deploy, on, schedule
 from transformers import GPT2LMHeadModel, TrainerCallback, TrainingArguments, default_data_collator
 
@@ -111,29 +111,21 @@ class _Gradients(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs) -> None:
         if state.global_step != 3:
             return
-        params = [p for p in model.parameters() if p.grad is not None]
-        accumulated = [p.grad.clone() for p in params]
         whole = {k: torch.cat([b[k] for b in self.batches[-ACCUMULATION:]]) for k in self.batches[-1]}
-        model.zero_grad()
-        loss = model(**whole).loss
-        terms = self.kasmina.worker.teaching_terms()
-        self.checked["terms"] = float(terms.detach())
-        (loss + terms).backward()
-        self.checked["errors"] = [
-            float((a - p.grad).abs().max() / p.grad.abs().max()) for a, p in zip(accumulated, params, strict=True)
-        ]
-        for p, grad in zip(params, accumulated, strict=True):
-            p.grad = grad  # Trainer steps on its own gradients
+
+        def reference() -> torch.Tensor:
+            loss = model(**whole).loss
+            terms = self.kasmina.worker.teaching_terms()
+            self.checked["terms"] = float(terms.detach())
+            return loss + terms
+
+        self.checked["errors"] = gradient_errors(model, reference)
 
 
 def test_teaching_terms_and_loss_reach_backward_at_the_step_scale(tmp_path):
     """Under accumulation 2 with a weaning scaffold teaching by site distillation, the gradients of an optimiser
     step equal those of one pass over the whole step's batch plus its teaching terms (1e-5 relative)."""
-    weaning = schedule(warmup_ckpts=1, decay_ckpts=6)
-    weaning.teaching.site_distill_weight = 100.0  # teaching that moves the gradients visibly
-    plan = Plan(
-        {1: [deploy("transformer.h.0.mlp.c_fc", "residual_mlp", "mlp", blueprint_params={"hidden": 8}, policy=weaning)]}
-    )
+    plan = weaning_plan("transformer.h.0.mlp.c_fc")
     kasmina = KasminaCallback("teach", boundary_steps=1, transport=plan)
     batches: list = []
 

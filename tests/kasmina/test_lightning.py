@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
-from hf_testing import Plan, host_tensors, lm_batch, lm_rows, tiny_gpt2
+from hf_testing import Plan, gradient_errors, host_tensors, lm_batch, lm_rows, tiny_gpt2, weaning_plan
 from kasmina_testing import deploy, on, schedule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
@@ -115,3 +115,54 @@ def test_lightning_lifecycle_resume_and_save_pretrained(tmp_path):
     assert final.keys() == resumed_final.keys()
     assert all(torch.equal(final[k], resumed_final[k]) for k in final)
     assert module.losses[12:] == resumed.losses
+
+
+class _Gradients(pl.Callback):
+    """At optimiser step 4 (teaching on), the gradients Lightning accumulated over the step's two micro-batches
+    against the mean of their plain losses plus teaching terms, each from its own forward."""
+
+    def __init__(self, kasmina: KasminaCallback, batches: list) -> None:
+        self.kasmina, self.batches, self.checked = kasmina, batches, {}
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        if trainer.global_step != 3:
+            return
+
+        def reference() -> torch.Tensor:
+            total, terms = 0.0, []
+            for batch in self.batches[-2:]:
+                total = total + pl_module.model(**batch).loss
+                terms.append(self.kasmina.worker.teaching_terms())
+            self.checked["terms"] = float(sum(t.detach() for t in terms))
+            return (total + sum(terms)) / 2
+
+        self.checked["errors"] = gradient_errors(pl_module, reference)
+
+
+def test_lightning_teaching_terms_and_loss_reach_backward_at_the_step_scale():
+    """Under accumulation 2 with a weaning scaffold teaching by site distillation, an optimiser step's gradients
+    equal those of its micro-batches' mean loss plus mean teaching terms (1e-5 relative)."""
+    torch.manual_seed(0)
+    module = TinyLM()
+    batches: list = []
+    training_step = module.training_step
+    module.training_step = lambda batch, batch_idx: batches.append(batch) or training_step(batch, batch_idx)
+    plan = weaning_plan("model.transformer.h.0.mlp.c_fc")
+    config = WorkerConfig(batch_loss=lambda m, b: m(**b).loss)
+    kasmina = KasminaCallback("teach", boundary_steps=1, transport=plan, probe=[lm_batch(900)], config=config)
+    gradients = _Gradients(kasmina, batches)
+    trainer = pl.Trainer(
+        max_steps=4,
+        accumulate_grad_batches=2,
+        accelerator="cpu",
+        callbacks=[kasmina, gradients],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, DataLoader(lm_rows(16), batch_size=2))
+    assert plan.reports[2].scaffolds[0].stage == telemetry_pb2.SCAFFOLD_STAGE_DECAY
+    assert gradients.checked["terms"] > 0
+    assert max(gradients.checked["errors"]) <= 1e-5, max(gradients.checked["errors"])
