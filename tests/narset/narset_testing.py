@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import urllib.request
 from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
 
 from narset.server import NarsetServer
 from narset.server.settings import ServerSettings
@@ -19,6 +21,7 @@ __all__ = [
     "PASSING",
     "REGIONS",
     "Job",
+    "Samples",
     "ServerThread",
     "assert_refusal",
     "attach_request",
@@ -27,6 +30,8 @@ __all__ = [
     "gates",
     "linear",
     "live",
+    "scrape",
+    "value",
 ]
 
 
@@ -55,6 +60,25 @@ class ServerThread:
         asyncio.run_coroutine_threadsafe(self.server.stop(0.5), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+
+
+Samples = dict[tuple[str, frozenset], float]
+
+
+def scrape(port: int) -> Samples:
+    """Every sample of /metrics, keyed by (sample name, its labels)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
 
 
 def linear(name: str, fan_in: int, fan_out: int, type_name: str = "Linear") -> job_pb2.ModuleInfo:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from narset_testing import Job, ServerThread, deployed, live
-from prometheus_client.parser import text_string_to_metric_families
+from narset_testing import Job, Samples, ServerThread, deployed, live, scrape, value
 
 from narset.cli.main import build_parser
 from narset.client import NarsetClient, NarsetError
@@ -20,23 +18,6 @@ from narset.server.settings import ServerSettings, exposure_error, load_settings
 from narset.v1 import telemetry_pb2, worker_service_pb2_grpc
 
 S = telemetry_pb2
-Samples = dict[tuple[str, frozenset], float]
-
-
-def scrape(port: int) -> Samples:
-    """Every sample of /metrics, keyed by (sample name, its labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, frozenset(labels.items()))]
 
 
 def total(samples: Samples, name: str, **labels: str) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from narset_testing import ServerThread, assert_refusal, attach_request, deploy
+from narset_testing import ServerThread, assert_refusal, attach_request, deploy, scrape, value
 from replica_workload import JOB_ID, Replicas, Workload, ledger_view
 
 from narset.client import NarsetClient
@@ -86,6 +86,25 @@ def test_watch_on_one_replica_follows_what_happens_on_the_other(two):
         assert not watcher.is_alive(), "replica 2's watch did not see replica 1's command"
         assert [e.kind for e in seen] == [job_pb2.EVENT_KIND_JOB_ATTACHED, job_pb2.EVENT_KIND_COMMAND_SUBMITTED]
         assert [e.sequence for e in seen] == sorted(e.sequence for e in seen)
+
+
+def test_every_replica_counts_the_shared_store_in_its_metrics(pg_url):
+    """/metrics on each replica counts the jobs and commands in the database, whichever replica took them."""
+    first = ServerThread(pg_url, metrics_address="127.0.0.1:0").start()
+    second = ServerThread(pg_url, metrics_address="127.0.0.1:0").start()
+    try:
+        with grpc.insecure_channel(first.address) as channel:
+            worker_service_pb2_grpc.WorkerServiceStub(channel).Attach(attach_request("run-7"))
+        with NarsetClient(second.address) as narset:
+            narset.submit(deploy("encoder.fc1", command_id="dep-1"))
+        for server in (first, second):
+            samples = scrape(server.server.metrics_port)
+            assert value(samples, "narset_jobs", state="attached") == 1
+            assert value(samples, "narset_commands", state="pending", kind="deploy") == 1
+            assert value(samples, "narset_scaffolds_live") == 1
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_one_command_submitted_to_both_replicas_at_once_is_recorded_once(two):

@@ -84,7 +84,7 @@ def test_a_failed_transaction_leaves_nothing_and_nested_ones_join(store):
     assert [r.command.command_id for r in store.list_commands("run-7")] == ["c"]
 
 
-def test_events_and_audit_append_in_sequence_and_the_audit_log_refuses_changes(store, backend):
+def test_events_and_audit_append_in_sequence_and_the_audit_log_refuses_changes(store):
     _with_job(store)
     with store.transaction(job="run-7"):
         first = store.append_event(job_pb2.Event(job_id="run-7", message="one"))
@@ -105,7 +105,7 @@ def test_events_and_audit_append_in_sequence_and_the_audit_log_refuses_changes(s
     assert len(store.list_audit("", 0, 10)) == 2
 
 
-def test_text_with_a_nul_is_stored_and_found(store, backend):
+def test_text_with_a_nul_is_stored_and_found(store):
     """A NUL in an id or a name (hostile input) neither fails the statement nor loses the row."""
     _with_job(store, "nul\x00job")
     assert store.get_job("nul\x00job") is not None
@@ -115,10 +115,8 @@ def test_text_with_a_nul_is_stored_and_found(store, backend):
     assert len(store.list_audit("", 0, 10)) == 1
 
 
-def test_psycopg_is_loaded_only_for_a_postgresql_store(tmp_path, backend):
+def test_psycopg_is_loaded_only_for_a_postgresql_store(tmp_path):
     """Narset's server, CLI and client, and an SQLite store, import no psycopg (the core install lacks it)."""
-    if backend != "sqlite":
-        pytest.skip("about the SQLite default")
     code = (
         "import sys; import narset.server.app, narset.cli.main, narset.client\n"
         "from narset.store import open_store\n"
@@ -140,12 +138,7 @@ def test_psycopg_is_loaded_only_for_a_postgresql_store(tmp_path, backend):
     assert issubclass(DriverMissing, RuntimeError)
 
 
-# PostgreSQL's locks -------------------------------------------------------------------------------
-
-
-def _postgres_only(backend: str) -> None:
-    if backend != "postgresql":
-        pytest.skip("about PostgreSQL's locks (SQLite has one writer: every transaction is alone)")
+# PostgreSQL's locks (SQLite has one writer: every transaction is alone) ---------------------------------------
 
 
 def _someone_waits_for_a_lock(store) -> bool:
@@ -160,11 +153,10 @@ def _until(predicate, timeout_s: float = 30.0) -> None:
         time.sleep(0.01)
 
 
-def test_transactions_on_one_job_wait_for_each_other_and_other_jobs_do_not(db, backend):
+def test_transactions_on_one_job_wait_for_each_other_and_other_jobs_do_not(pg_url):
     """While replica A holds job run-7, B's transaction on run-8 goes ahead, and B's transaction on run-7
     waits for A's commit and then sees what A wrote."""
-    _postgres_only(backend)
-    a, b, observer = open_store(db), open_store(db), open_store(db)
+    a, b, observer = open_store(pg_url), open_store(pg_url), open_store(pg_url)
     try:
         _with_job(a, "run-7")
         _with_job(a, "run-8")
@@ -199,11 +191,10 @@ def test_transactions_on_one_job_wait_for_each_other_and_other_jobs_do_not(db, b
             store.close()
 
 
-def test_event_sequence_order_is_commit_order(db, backend):
+def test_event_sequence_order_is_commit_order(pg_url):
     """An event appended later cannot commit before an earlier one is visible: a reader that has passed a
     sequence number never finds an earlier one appearing behind it."""
-    _postgres_only(backend)
-    a, b, observer = open_store(db), open_store(db), open_store(db)
+    a, b, observer = open_store(pg_url), open_store(pg_url), open_store(pg_url)
     try:
         appended, release = threading.Event(), threading.Event()
 
@@ -233,12 +224,11 @@ def test_event_sequence_order_is_commit_order(db, backend):
             store.close()
 
 
-def test_a_broken_connection_is_reopened_at_the_next_transaction(db, backend):
-    _postgres_only(backend)
-    store = open_store(db)
+def test_a_broken_connection_is_reopened_at_the_next_transaction(pg_url):
+    store = open_store(pg_url)
     try:
         _with_job(store)
-        admin = open_store(db)
+        admin = open_store(pg_url)
         try:
             (pid,) = store._execute("SELECT pg_backend_pid()").fetchone()
             with admin.transaction():
