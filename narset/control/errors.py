@@ -39,6 +39,7 @@ STATUS_OF_REASON = {
     reasons.ANSWER_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     reasons.TOKEN_MISSING: grpc.StatusCode.UNAUTHENTICATED,
     reasons.TOKEN_INVALID: grpc.StatusCode.UNAUTHENTICATED,
+    reasons.CERTIFICATE_UNKNOWN: grpc.StatusCode.UNAUTHENTICATED,
     reasons.ROLE_FORBIDS: grpc.StatusCode.PERMISSION_DENIED,
     reasons.JOB_OUT_OF_SCOPE: grpc.StatusCode.PERMISSION_DENIED,
     reasons.JOB_ATTACHED: grpc.StatusCode.PERMISSION_DENIED,

@@ -85,7 +85,9 @@ class NarsetServer:
         store.on_commit = metrics.store_commit_seconds.observe
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[Guard(Authority(self.settings.tokens), store, metrics, limit)],
+            interceptors=[
+                Guard(Authority(self.settings.tokens, self.settings.client_certificates), store, metrics, limit)
+            ],
             options=message_size_options(limit),
         )
         ledger = CommandLedger(store, events)

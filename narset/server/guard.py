@@ -121,7 +121,7 @@ class Guard(grpc.aio.ServerInterceptor):
 
     def _admit(self, call: AuditedCall, method: MethodDescriptor, raw: bytes, context) -> Message:
         """Authenticate, decode and authorize; the request, with the caller set for the method."""
-        principal = self._authority.authenticate(context.invocation_metadata())
+        principal = self._authority.authenticate(context.invocation_metadata(), context.auth_context())
         call.principal, call.role = principal.name, principal.role
         request = _checked_request(method, raw, self._command_limit)
         call.learn(request)

@@ -1,26 +1,32 @@
-"""Who is calling, and what they may do: bearer tokens with roles and job patterns.
+"""Who is calling, and what they may do: bearer tokens and client certificates, with roles and job
+patterns.
 
-With tokens configured every call carries `authorization: Bearer <token>`; the token's SHA-256
-names a `Principal`. Without tokens (Narset on loopback, the demo, the tests) every caller is
-`ANONYMOUS`, with every right. Roles: admin (everything), operator (read, act, attach and take over
-jobs its patterns cover), viewer (read), worker (attach and report for jobs its patterns cover; take
-over a job only once its session has gone silent).
+With tokens configured a call carries `authorization: Bearer <token>`; the token's SHA-256 names a
+`Principal`. Under mutual TLS with `client_certificates` configured, a call without a token is the
+principal its client certificate names (subject common name or subject alternative name; gRPC has
+already checked the certificate against the client CA). Without either (Narset on loopback, the
+demo, the tests) every caller is `ANONYMOUS`, with every right. Roles: admin (everything), operator
+(read, act, attach and take over jobs its patterns cover), viewer (read), worker (attach and report
+for jobs its patterns cover; take over a job only once its session has gone silent).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from narset.contract import reasons
+from narset.contract.limits import clip
 from narset.control.credentials import digest
 from narset.control.errors import Refusal
-from narset.server.settings import RESERVED_PRINCIPALS, TokenSetting
+from narset.server.settings import RESERVED_PRINCIPALS, CertificateSetting, TokenSetting
 
 __all__ = ["ANONYMOUS", "CALLER", "Authority", "Principal", "check_claimed_issuer"]
 
+# Where gRPC's auth context names a verified client certificate: its subject CN, then its SANs.
+_CERTIFICATE_NAMES = ("x509_common_name", "x509_subject_alternative_name")
 _READ = frozenset({"admin", "operator", "viewer"})
 _ACT = frozenset({"admin", "operator"})
 _WORK = frozenset({"admin", "operator", "worker"})
@@ -69,21 +75,39 @@ CALLER: ContextVar[Principal] = ContextVar("narset_caller", default=ANONYMOUS)
 class Authority:
     """The tokens this Narset accepts, and the rules of which role may call which method on which job."""
 
-    def __init__(self, tokens: Sequence[TokenSetting]) -> None:
+    def __init__(self, tokens: Sequence[TokenSetting], certificates: Sequence[CertificateSetting] = ()) -> None:
         self._by_digest = {t.sha256: Principal(t.name, t.role, t.jobs) for t in tokens}
+        self._by_subject = {c.subject: Principal(c.name, c.role, c.jobs) for c in certificates}
 
-    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal:
-        """The principal of a call's `authorization` metadata; a Refusal when it is missing or unknown."""
-        if not self._by_digest:
+    def authenticate(
+        self,
+        metadata: Sequence[tuple[str, str | bytes]] | None,
+        auth_context: Mapping[str, Sequence[bytes]] | None = None,
+    ) -> Principal:
+        """The principal of a call's bearer token, else of its client certificate (`auth_context`, as
+        gRPC gives it); a Refusal when Narset knows neither."""
+        if not self._by_digest and not self._by_subject:
             return ANONYMOUS
         header = next((value for key, value in metadata or () if key == "authorization"), None)
         if not isinstance(header, str) or not header:
-            needed = "this Narset needs a bearer token: 'authorization: Bearer <token>'"
-            raise Refusal(reasons.TOKEN_MISSING, "authorization", needed)
+            return self._certificate_principal(auth_context or {})
         scheme, _, token = header.partition(" ")
         principal = self._by_digest.get(digest(token.strip())) if scheme.lower() == "bearer" else None
         if principal is None:
             raise Refusal(reasons.TOKEN_INVALID, "authorization", "not a bearer token this Narset knows")
+        return principal
+
+    def _certificate_principal(self, auth_context: Mapping[str, Sequence[bytes]]) -> Principal:
+        names = [v.decode(errors="replace") for key in _CERTIFICATE_NAMES for v in auth_context.get(key, ())]
+        if not names or not self._by_subject:
+            needed = "this Narset needs a bearer token: 'authorization: Bearer <token>'"
+            if self._by_subject:
+                needed += ", or a client certificate naming a configured subject"
+            raise Refusal(reasons.TOKEN_MISSING, "authorization", needed)
+        principal = next((self._by_subject[n] for n in names if n in self._by_subject), None)
+        if principal is None:
+            shown = ", ".join(clip(n, 80) for n in names[:4])
+            raise Refusal(reasons.CERTIFICATE_UNKNOWN, "certificate", f"names no identity this Narset knows ({shown})")
         return principal
 
     @staticmethod

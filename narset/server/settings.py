@@ -17,7 +17,15 @@ from pydantic_settings import (
 from narset.contract.limits import MAX_MESSAGE_BYTES
 from narset.store import is_postgres_url
 
-__all__ = ["RESERVED_PRINCIPALS", "Role", "ServerSettings", "TokenSetting", "exposure_error", "load_settings"]
+__all__ = [
+    "RESERVED_PRINCIPALS",
+    "CertificateSetting",
+    "Role",
+    "ServerSettings",
+    "TokenSetting",
+    "exposure_error",
+    "load_settings",
+]
 
 Role = Literal["admin", "operator", "viewer", "worker"]
 # Principals of Narset itself (the decision engine, the tactical policy, the job's breakers): no
@@ -25,14 +33,13 @@ Role = Literal["admin", "operator", "viewer", "worker"]
 RESERVED_PRINCIPALS = ("narset:", "policy:", "kasmina:")
 
 
-class TokenSetting(BaseModel):
-    """A bearer token Narset accepts. Only its SHA-256 is configured: the settings hold no secret."""
+class _Identity(BaseModel):
+    """Who a caller is once authenticated: a name, a role and the jobs it may act on."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=96, description="the identity: its commands' issued_by, the audit's who")
     role: Role = Field(description="admin: everything; operator: read and act; viewer: read; worker: attach jobs")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token (`narset token` prints it)")
     jobs: tuple[str, ...] = Field(("*",), min_length=1, description="globs of the job ids it may act on")
 
     @field_validator("name")
@@ -41,6 +48,19 @@ class TokenSetting(BaseModel):
         if value.startswith(RESERVED_PRINCIPALS) or value == "anonymous":
             raise ValueError(f"{value!r} is a name Narset keeps for itself")
         return value
+
+
+class TokenSetting(_Identity):
+    """A bearer token Narset accepts. Only its SHA-256 is configured: the settings hold no secret."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token (`narset token` prints it)")
+
+
+class CertificateSetting(_Identity):
+    """A client certificate Narset accepts as an identity under mutual TLS: one that `tls_client_ca`
+    signed, naming `subject` as its subject common name or one of its subject alternative names."""
+
+    subject: str = Field(min_length=1, description="the certificate's common name, or a DNS, URI or email SAN")
 
 
 class ServerSettings(BaseSettings):
@@ -70,6 +90,9 @@ class ServerSettings(BaseSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate chain of the server (with tls_key: TLS)")
     tls_key: Path | None = Field(None, description="PEM private key of the server")
     tls_client_ca: Path | None = Field(None, description="PEM CA bundle: clients must show a certificate it signed")
+    client_certificates: tuple[CertificateSetting, ...] = Field(
+        (), description="client certificates (under mutual TLS) that identify a caller without a token"
+    )
     insecure: bool = Field(False, description="allow a non-loopback address without TLS and tokens")
     stale_session_s: float = Field(
         600.0, gt=0, description="a worker token may take over a job whose session was silent this long"
@@ -109,6 +132,11 @@ class ServerSettings(BaseSettings):
             values = [getattr(t, what) for t in self.tokens]
             if len(set(values)) != len(values):
                 raise ValueError(f"tokens: two tokens have the same {what}")
+        if self.client_certificates and self.tls_client_ca is None:
+            raise ValueError("client_certificates need mutual TLS: tls_client_ca, tls_cert and tls_key")
+        subjects = [c.subject for c in self.client_certificates]
+        if len(set(subjects)) != len(subjects):
+            raise ValueError("client_certificates: two entries have the same subject")
         return self
 
     @classmethod
@@ -148,7 +176,8 @@ def exposure_error(settings: ServerSettings) -> str | None:
             f"loopback (behind a proxy or a sidecar scraper), or pass --insecure (NARSET_INSECURE=true)"
         )
     host = settings.address.rpartition(":")[0]
-    missing = [what for what, on in (("TLS", settings.tls_cert), ("tokens", settings.tokens)) if not on]
+    identities = settings.tokens or settings.client_certificates
+    missing = [what for what, on in (("TLS", settings.tls_cert), ("tokens", identities)) if not on]
     if _is_loopback(host) or not missing or settings.insecure:
         return None
     return (

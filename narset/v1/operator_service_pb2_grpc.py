@@ -76,10 +76,14 @@ class OperatorServiceStub:
     server's max_message_bytes if lower) and cannot be paged; nothing changed.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
-    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
+    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Under mutual TLS, a
+    client certificate whose subject common name or alternative name is configured (client_certificates)
+    stands for a token with its own role and patterns. Without tokens
     (loopback only) every caller is "anonymous" with every right. Identity refusals:
     - TOKEN_MISSING (UNAUTHENTICATED): the call carries no bearer token.
     - TOKEN_INVALID (UNAUTHENTICATED): the bearer token is not one this Narset knows.
+    - CERTIFICATE_UNKNOWN (UNAUTHENTICATED): no bearer token, and the client certificate (mutual TLS)
+    names no subject configured in client_certificates.
     - ROLE_FORBIDS (PERMISSION_DENIED): the token's role may not call this method.
     - JOB_OUT_OF_SCOPE (PERMISSION_DENIED): the token's job patterns do not cover the job.
     - RESERVED_ISSUER (PERMISSION_DENIED): issued_by names a principal of Narset itself (narset:, policy:,
@@ -219,10 +223,14 @@ class OperatorServiceServicer:
     server's max_message_bytes if lower) and cannot be paged; nothing changed.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
-    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
+    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Under mutual TLS, a
+    client certificate whose subject common name or alternative name is configured (client_certificates)
+    stands for a token with its own role and patterns. Without tokens
     (loopback only) every caller is "anonymous" with every right. Identity refusals:
     - TOKEN_MISSING (UNAUTHENTICATED): the call carries no bearer token.
     - TOKEN_INVALID (UNAUTHENTICATED): the bearer token is not one this Narset knows.
+    - CERTIFICATE_UNKNOWN (UNAUTHENTICATED): no bearer token, and the client certificate (mutual TLS)
+    names no subject configured in client_certificates.
     - ROLE_FORBIDS (PERMISSION_DENIED): the token's role may not call this method.
     - JOB_OUT_OF_SCOPE (PERMISSION_DENIED): the token's job patterns do not cover the job.
     - RESERVED_ISSUER (PERMISSION_DENIED): issued_by names a principal of Narset itself (narset:, policy:,
@@ -454,10 +462,14 @@ class OperatorService:
     server's max_message_bytes if lower) and cannot be paged; nothing changed.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
-    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Without tokens
+    metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Under mutual TLS, a
+    client certificate whose subject common name or alternative name is configured (client_certificates)
+    stands for a token with its own role and patterns. Without tokens
     (loopback only) every caller is "anonymous" with every right. Identity refusals:
     - TOKEN_MISSING (UNAUTHENTICATED): the call carries no bearer token.
     - TOKEN_INVALID (UNAUTHENTICATED): the bearer token is not one this Narset knows.
+    - CERTIFICATE_UNKNOWN (UNAUTHENTICATED): no bearer token, and the client certificate (mutual TLS)
+    names no subject configured in client_certificates.
     - ROLE_FORBIDS (PERMISSION_DENIED): the token's role may not call this method.
     - JOB_OUT_OF_SCOPE (PERMISSION_DENIED): the token's job patterns do not cover the job.
     - RESERVED_ISSUER (PERMISSION_DENIED): issued_by names a principal of Narset itself (narset:, policy:,

@@ -1,5 +1,6 @@
-"""A throwaway public-key infrastructure for TLS tests: a CA, a server and a client certificate it
-signed, and a stranger's client certificate signed by another CA. EC keys, so it takes milliseconds."""
+"""A throwaway public-key infrastructure for TLS tests: a CA, a server and two client certificates it
+signed ("client", and "dashboard" with a DNS SAN), and a stranger's client certificate signed by
+another CA. EC keys, so it takes milliseconds."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ class Pki:
     client_key: Path
     stranger_cert: Path  # a client certificate of another CA
     stranger_key: Path
+    dashboard_cert: Path  # CN "dashboard", SAN dashboard.example
+    dashboard_key: Path
 
 
 def _name(common_name: str) -> x509.Name:
@@ -72,4 +75,6 @@ def throwaway_pki(directory: Path) -> Pki:
     server = _issue(directory, "server", ca, ExtendedKeyUsageOID.SERVER_AUTH, loopback)
     client = _issue(directory, "client", ca, ExtendedKeyUsageOID.CLIENT_AUTH)
     stranger = _issue(directory, "stranger", other, ExtendedKeyUsageOID.CLIENT_AUTH)
-    return Pki(ca_path, *server, *client, *stranger)
+    dashboard_san = (x509.DNSName("dashboard.example"),)
+    dashboard = _issue(directory, "dashboard", ca, ExtendedKeyUsageOID.CLIENT_AUTH, dashboard_san)
+    return Pki(ca_path, *server, *client, *stranger, *dashboard)
