@@ -45,6 +45,7 @@ def test_import_contracts_hold():
         ("narset/control/_bad.py", "import kasmina_worker\n", "imports neither torch nor the worker"),
         ("narset/contract/_bad.py", "from narset.control import ledger\n", "Narset's layers"),
         ("kasmina_worker/runtime/_bad.py", "from narset.store import Store\n", "imports only the contract"),
+        ("kasmina_worker/measure/_bad.py", "def f():\n    import transformers\n", "needs no training framework"),
     ],
 )
 def test_a_forbidden_import_breaks_the_contracts(tmp_path, module, bad_import, contract):
