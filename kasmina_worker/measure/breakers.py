@@ -5,14 +5,15 @@ or the width:
 
 * `Breakers.observe` (from `step_loss`, O(1)) judges the step loss: non-finite, or more than
   `(spike_factor - 1) * |mean|` above the mean of the finite losses in the window (`spike_factor`
-  times the mean for a positive mean; a job whose loss is negative is judged the same way), cuts
-  the alpha of every live scaffold to 0 once that step's backward has finished (alpha is saved for
-  backward, also as an input of compiled graphs), so the next forward already uses it;
+  times the mean for a positive mean; a job whose loss is negative is judged the same way), which
+  cuts the alpha of every live scaffold to 0;
 * `Breakers.before_step` (an optimiser step pre-hook, O(seed parameters)) judges each live seed's
   parameters and gradients with one fused norm per tensor: a non-finite one cuts that scaffold's
-  alpha at once. Then it replaces every non-finite entry of the seeds' parameters and gradients by
-  0, so the update never writes a NaN/Inf into a seed, its optimiser state stays finite, and a cut
-  seed's output is finite: with alpha 0 the site output is exactly the host's.
+  alpha. It applies every cut (alpha is saved for the step's backward, also as an input of compiled
+  graphs, so not before that has run), so the next forward already uses it. Then it replaces every
+  non-finite entry of the seeds' parameters and gradients by 0, so the update never writes a NaN/Inf
+  into a seed, its optimiser state stays finite, and a cut seed's output is finite: with alpha 0 the
+  site output is exactly the host's.
 
 A non-finite loss makes every gradient of that step non-finite, the host's included. With an
 optimiser that takes AMP's on-device skip (`fused=True` Adam, AdamW, SGD, ...: every group fused),
@@ -165,6 +166,8 @@ class Breakers:
         self._watches = list(watches)
         self._owners = [p for watch in watches for p in watch.params]
         self._params = self._local(self._owners)
+        # Gradients need the same mapping per step only where it changes a tensor (a sharded one).
+        self._sharded = any(p is not q for p, q in zip(self._owners, self._params, strict=True))
         # The watch of each parameter row, then of each gradient row; a seed trips when any row fails.
         param_watch = [i for i, watch in enumerate(watches) for _ in watch.params]
         self._row_watch = param_watch * 2
@@ -190,7 +193,9 @@ class Breakers:
     def observe(self, loss: torch.Tensor, step: int) -> None:
         """Judge this step's loss and record it; no sync.
 
-        Steps are observed one after another while armed; the cuts land after this step's backward.
+        Steps are observed one after another while armed. The cut lands at the optimiser step that
+        follows (`before_step`: alpha is saved for this step's backward), or at once for a loss without
+        a graph (one observed after its backward and step).
         """
         if self.ring.steps >= self.config.min_history and not math.isinf(self.config.spike_factor):
             # From the mean of the window before this loss; an all-NaN window has none: no limit then.
@@ -204,11 +209,7 @@ class Breakers:
             self._found_inf.logical_or_(recorded.isnan())
         if self._start is None:
             self._start = step
-        if loss.grad_fn is not None:
-            # A pre-hook on the loss's node runs when the backward starts, like a hook on the loss
-            # tensor, at about half the cost per step.
-            loss.grad_fn.register_prehook(self._cut_after_backward)
-        else:
+        if loss.grad_fn is None:
             self._cut()
 
     @torch.no_grad()
@@ -218,7 +219,9 @@ class Breakers:
         if not self._owners:
             return
         # A parameter that got no gradient stands in for its own gradient row (a second check of it).
-        grads = self._local([p if p.grad is None else p.grad for p in self._owners])
+        grads = [p if p.grad is None else p.grad for p in self._owners]
+        if self._sharded:
+            grads = self._local(grads)
         tensors = self._params + grads
         finite = torch.stack(torch._foreach_norm(tensors)) <= NO_LIMIT
         self._seed_alive.mul_(finite)
@@ -241,9 +244,6 @@ class Breakers:
             self._optimizer.found_inf = self._theirs
         self._theirs = None
         self._found_inf.zero_()
-
-    def _cut_after_backward(self, grad_outputs: tuple[torch.Tensor, ...]) -> None:
-        torch.autograd.Variable._execution_engine.queue_callback(self._cut)
 
     def _cut(self) -> None:
         """alpha *= 0 where a breaker has tripped (a no-op multiply by 1 elsewhere)."""

@@ -183,7 +183,7 @@ def test_non_finite_seed_gradient_never_reaches_a_parameter():
 
 
 def test_loss_spike_cuts_every_live_scaffold():
-    """A step loss far above the window mean cuts alpha after that step's backward and prunes at the boundary."""
+    """A step loss far above the window mean cuts alpha at that step's optimiser step and prunes at the boundary."""
     model, optimizer, worker = _worker(config=WorkerConfig(breakers=BreakerConfig(spike_factor=5.0)))
     worker.submit(deploy("fc1", "lora", command_id="a", blueprint_params={"rank": 2}))
     worker.submit(deploy("fc2", "dense_delta", command_id="b"))
@@ -191,8 +191,9 @@ def test_loss_spike_cuts_every_live_scaffold():
     train(worker, optimizer, steps=6)
     x, y = batch(6, (8, 12), 6)
     loss = worker.step_loss(F.mse_loss(worker.model(x), y * 100))
-    assert all(float(s.alpha) > 0 for s in worker.scaffolds.values())  # not changed before backward
     loss.backward()
+    assert all(float(s.alpha) > 0 for s in worker.scaffolds.values())  # saved for backward: not changed before the step
+    optimizer.step()
     assert all(float(s.alpha) == 0 for s in worker.scaffolds.values())
     summary = worker.checkpoint(step=7)
     assert sorted(e.scaffold_id for e in summary.events) == ["a", "b"]
@@ -201,7 +202,8 @@ def test_loss_spike_cuts_every_live_scaffold():
 
 
 def test_non_finite_loss_cuts_every_scaffold_and_reports_its_step():
-    """An inf step loss cuts every live scaffold after its backward; the event names the step and the loss."""
+    """An inf step loss cuts every live scaffold at the optimiser step (here one whose gradients the job
+    dropped); the event names the step and the loss."""
     model, optimizer, worker = _worker()
     worker.submit(deploy("fc1", "lora", command_id="a", blueprint_params={"rank": 2}))
     worker.submit(deploy("fc2", "dense_delta", command_id="b"))
@@ -212,8 +214,9 @@ def test_non_finite_loss_cuts_every_scaffold_and_reports_its_step():
     loss = worker.step_loss(F.mse_loss(out, y) + out.sum() * math.inf)
     assert all(float(s.alpha) > 0 for s in worker.scaffolds.values())
     loss.backward()
-    assert all(float(s.alpha) == 0 for s in worker.scaffolds.values())
     optimizer.zero_grad()
+    optimizer.step()
+    assert all(float(s.alpha) == 0 for s in worker.scaffolds.values())
     train(worker, optimizer, steps=2, start=4)
     summary = worker.checkpoint(step=6)
     assert sorted((e.scaffold_id, e.kind, e.step) for e in summary.events) == [
