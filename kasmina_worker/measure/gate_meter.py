@@ -12,7 +12,8 @@ unset, which Narset judges a failure. Definitions, per live scaffold (docs/kasmi
 * G1 `transfer_rel_delta = (P_exit − P_now) / |P_now|`, `P_exit` the probe loss with the scaffold
   replaced by its simulated exit module: the delta fold on a copy of the host (lora, dense_delta),
   the router fold on a copy (moe_expert), else (transfer exits, non-foldable policies, a pending
-  prune) the bare host, i.e. the scaffold bypassed.
+  prune) the bare host, i.e. the scaffold bypassed. One probe pass per scaffold, except where the
+  exit module gives the site's outputs bit for bit (a prune at alpha 0): then `P_exit` is `P_now`.
 * G3 `foldability = 1 − ‖y_now − y_exit‖ / ‖y_now‖` at the site over the probe batches' site
   inputs; `svd_energy` (dense deltas): `Σ_{i<r} σ_i² / Σ σ_i²` of ΔW at `r = policy.fold.svd_rank`.
 * G4 `jitter_p95`: p95 (linear interpolation) of `|L_t − L_{t−1}| / (|L_{t−1}| + 1e-6)` over the
@@ -20,7 +21,8 @@ unset, which Narset judges a failure. Definitions, per live scaffold (docs/kasmi
   once 2K losses exist; `diversity = 1 − mean |corr(f_i, f_j)|`, i ≠ j, over the site's output
   features, a Conv2d site's channels (a constant feature counts as fully correlated); `host_diversity`,
   the same over the host's own output at the site on the same inputs (what the site had without the
-  scaffold).
+  scaffold; the scaffold's forward computes it in the probe pass), measured only where `diversity` is
+  below the policy's `diversity_min`, the one case where Narset reads it.
 * the job's own loss noise, every boundary whatever is deployed (G4's reference, judged by Narset):
   `loss_noise`, p95 of `|L_t − L_{t−1}|` over the ring's window, and `loss_mean`, their mean.
 * G5 `step_time_ratio`: mean step time of this interval / that of the last interval before the
@@ -157,10 +159,12 @@ def eval_mode(root: nn.Module) -> Iterator[None]:
 
 @dataclass(slots=True)
 class _Site:
-    """What the probe pass saw at one scaffold: call arguments and outputs, per probe batch."""
+    """What the probe pass saw at one scaffold: call arguments, outputs and the host's own outputs (computed by
+    the scaffold's forward anyway), per probe batch."""
 
     calls: list[tuple[tuple, dict]] = field(default_factory=list)
     outputs: list[torch.Tensor] = field(default_factory=list)
+    host_outputs: list[torch.Tensor] = field(default_factory=list)
 
 
 # ---- the meter -------------------------------------------------------------------------------
@@ -228,19 +232,24 @@ class GateMeter:
         sites = {sid: _Site() for sid in lives}
 
         def keep(site: _Site) -> Callable:
-            def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            def hook(module: Scaffold, args: tuple, kwargs: dict, output: object) -> None:
                 if isinstance(output, torch.Tensor):
                     site.calls.append((args, kwargs))
                     site.outputs.append(output)
+                    site.host_outputs.append(module.site.host_out)
 
             return hook
 
         handles = [live.module.register_forward_hook(keep(sites[sid]), with_kwargs=True) for sid, live in lives.items()]
+        for live in lives.values():
+            live.module.record_site = True  # its host output, for host_diversity without another host call
         try:
             return self._probe_mean(), sites
         finally:
             for handle in handles:
                 handle.remove()
+            for live in lives.values():
+                live.module.record_site = False
 
     # ---- the boundary ----------------------------------------------------------------------
 
@@ -286,9 +295,10 @@ class GateMeter:
         bounds = (self.config.diversity_max_features, self.config.diversity_max_samples)
         features = _channels_last if isinstance(live.module.host, nn.Conv2d) else list
         put(telemetry, "diversity", diversity_index(features(site.outputs), *bounds))
-        host = [live.module.host(*args, **kwargs) for args, kwargs in site.calls]
-        if all(isinstance(h, torch.Tensor) for h in host):
-            put(telemetry, "host_diversity", diversity_index(features(host), *bounds))
+        # Narset reads the host's diversity only as a lower floor for the site's (min(diversity_min, host)): a site
+        # at or above diversity_min passes whatever it is, so it is measured only below.
+        if not telemetry.HasField("diversity") or telemetry.diversity < live.plan.policy.gates.diversity_min:
+            put(telemetry, "host_diversity", diversity_index(features(site.host_outputs), *bounds))
 
     def _exit_gates(
         self, telemetry: telemetry_pb2.GateTelemetry, live: LiveScaffold, site: _Site, probe: float | None
@@ -301,10 +311,17 @@ class GateMeter:
             exit_module = simulated_exit(live)
         except FoldError:
             return
+        unchanged = False
         if site.outputs:
             after = [exit_module(*args, **kwargs) for args, kwargs in site.calls]
             put(telemetry, "foldability", 1.0 - relative_change(site.outputs, after))
+            unchanged = all(torch.equal(now, then) for now, then in zip(site.outputs, after, strict=True))
         if probe is None or probe == 0.0:
+            return
+        if unchanged:
+            # The exit gives the site's outputs bit for bit (a prune at alpha 0, a fold of a zero delta): the probe
+            # pass with it would be the one just run.
+            put(telemetry, "transfer_rel_delta", 0.0)
             return
         name = live.plan.module_name
         replace_module(self.root, name, exit_module)

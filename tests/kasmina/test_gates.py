@@ -25,7 +25,6 @@ ALL_GATES = (
     "jitter_p95",
     "drift",
     "diversity",
-    "host_diversity",
     "step_time_ratio",
     "memory_fraction",
 )
@@ -96,7 +95,8 @@ class FakeClock:
 
 
 def test_all_five_gates_reported_for_lora_dense_delta_and_residual_mlp_each_boundary():
-    """Every live lora / dense_delta / residual_mlp scaffold reports G1, G3, G4, G5 and the probe loss each boundary."""
+    """Every live lora / dense_delta / residual_mlp scaffold reports G1, G3, G4, G5 and the probe loss each boundary,
+    and the host's diversity exactly where the site's is below diversity_min (the one case Narset reads it)."""
     model, worker, optimizer = _three_scaffolds()
     for k in range(2):
         _train(worker, optimizer, 20, start=20 + 20 * k)
@@ -109,6 +109,7 @@ def test_all_five_gates_reported_for_lora_dense_delta_and_residual_mlp_each_boun
             assert gates == summary.gates[sid]
             missing = [name for name in ALL_GATES if not gates.HasField(name)]
             assert not missing, (sid, missing)
+            assert gates.HasField("host_diversity") == (gates.diversity < DEFAULT_GATES.diversity_min), sid
             assert gates.probe_loss == summary.probe_loss == report.probe_loss
             assert 0.0 < gates.memory_fraction < 1.0
         assert by_id["dense"].gates.HasField("svd_energy") and 0.0 < by_id["dense"].gates.svd_energy <= 1.0
@@ -248,13 +249,37 @@ def test_host_diversity_is_the_index_of_the_host_output_at_the_site():
     model = _model()
     worker, optimizer = _worker(model)
     _train(worker, optimizer, 5)
-    worker.submit(deploy("2", "lora", blueprint_params={"rank": 2}, policy=_warm()))
+    policy = _warm()
+    policy.gates.diversity_min = 1.0  # every site below it: the host's diversity is measured
+    worker.submit(deploy("2", "lora", blueprint_params={"rank": 2}, policy=policy))
     worker.checkpoint(step=5)
     [report] = worker.checkpoint(step=5).report.scaffolds  # no step since the deploy: B = 0, delta 0
     with torch.no_grad():
         host_outputs = [worker.model[2].host(model[1](model[0](x))) for x, _ in _probe()]
     assert report.gates.host_diversity == pytest.approx(diversity_index(host_outputs), abs=1e-6)
     assert report.gates.host_diversity == pytest.approx(report.gates.diversity, abs=1e-6)
+
+
+def test_exit_that_leaves_the_site_unchanged_takes_no_probe_pass_of_its_own():
+    """A live lora at alpha 0 (its fold gives the site's outputs bit for bit) has its G1 from the boundary's one probe
+    pass; at alpha 0.5 its G1 takes a second pass (probe batches through the model, counted)."""
+    model = _model()
+    worker, optimizer = _worker(model)
+    worker.submit(deploy("2", "lora", blueprint_params={"rank": 2}, policy=_warm()))
+    worker.checkpoint(step=0)
+    _train(worker, optimizer, 5)
+    scaffold = worker.scaffolds["local-1"]
+    assert scaffold.seed.delta_weight().abs().sum() > 0
+    passes = []
+    model.register_forward_pre_hook(lambda module, args: passes.append(1))
+    for alpha, batches in ((0.0, len(_probe())), (0.5, 2 * len(_probe()))):
+        with torch.no_grad():
+            scaffold.alpha.fill_(alpha)
+        passes.clear()
+        [report] = worker.checkpoint(step=5).report.scaffolds
+        assert len(passes) == batches, alpha
+        assert report.gates.HasField("transfer_rel_delta") and abs(report.gates.transfer_rel_delta) < 1e-5
+    assert report.gates.foldability < 1.0  # at alpha 0.5 the fold rounds differently from the blend
 
 
 def test_step_time_ratio_needs_a_baseline_and_is_one_when_nothing_changed():
