@@ -103,8 +103,9 @@ class NarsetClient:
     def list_modules(self, job_id: str) -> list[job_pb2.ModuleInfo]:
         return list(self._call("ListModules", pb.ListModulesRequest(job_id=job_id)).modules)
 
-    def list_blueprints(self) -> list[job_pb2.Blueprint]:
-        return list(self._call("ListBlueprints", pb.ListBlueprintsRequest()).blueprints)
+    def list_blueprints(self, job_id: str = "") -> list[job_pb2.Blueprint]:
+        """The built-in blueprints, and `job_id`'s own if a job is named."""
+        return list(self._call("ListBlueprints", pb.ListBlueprintsRequest(job_id=job_id)).blueprints)
 
     def submit(self, command: command_pb2.AdaptationCommand) -> pb.SubmitCommandResponse:
         return self._call("SubmitCommand", pb.SubmitCommandRequest(command=command))

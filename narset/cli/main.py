@@ -102,7 +102,7 @@ def cmd_modules(client: NarsetClient, args: argparse.Namespace) -> None:
 
 
 def cmd_blueprints(client: NarsetClient, args: argparse.Namespace) -> None:
-    blueprints = client.list_blueprints()
+    blueprints = client.list_blueprints(args.job or "")
     if args.json:
         render.emit_json({"blueprints": blueprints})
         return
@@ -423,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     query("jobs", cmd_jobs, "list jobs", job=False)
     query("job", cmd_job, "describe a job: ranks, regions, embargoes")
     query("modules", cmd_modules, "list a job's host modules")
-    query("blueprints", cmd_blueprints, "list blueprints", job=False)
+    query("blueprints", cmd_blueprints, "list the built-in blueprints, and a job's own", job=False).add_argument(
+        "job", nargs="?", help="also this job's own blueprints"
+    )
     query("scaffolds", cmd_scaffolds, "list a job's scaffolds").add_argument(
         "--all", action="store_true", help="include fused and pruned scaffolds"
     )

@@ -19,6 +19,7 @@ from narset.contract.limits import BASE_ID_MAX, MAX_BOUNDARY, MAX_MESSAGE_BYTES
 from narset.contract.rules import blueprint_spec_errors, protocol_error
 from narset.contract.scaffold_policy import effective_policy
 from narset.contract.stages import LIVE_STAGES
+from narset.control.blueprints import BlueprintCatalogue
 from narset.control.credentials import digest, new_credential, same_digest
 from narset.control.decisions import DecisionEngine
 from narset.control.errors import Refusal
@@ -155,6 +156,7 @@ class Exchange:
         self._events = events
         self._decisions = decisions
         self._tactical = tactical
+        self._blueprints = BlueprintCatalogue(store)
         # Encoded bytes of commands one report's answer carries (half the message limit: room for the
         # decisions); the rest wait, in order, for the next boundaries.
         self._command_bytes = command_bytes
@@ -216,9 +218,7 @@ class Exchange:
         self._store.put_job(job)
         self._store.set_session(job.job_id, digest(credential))
         self._store.replace_modules(job.job_id, request.modules)
-        # By name: attaches of two jobs that register the same blueprints lock their rows in one order.
-        for blueprint in sorted(request.blueprints, key=lambda b: b.name):
-            self._store.put_blueprint(blueprint)
+        self._blueprints.register(job.job_id, request.blueprints)
         policy = self._store.get_policy(job.job_id)
         if policy is None:
             policy = default_job_policy()
@@ -378,7 +378,7 @@ class Exchange:
                 report.policy
                 if report.HasField("policy")
                 else effective_policy(
-                    self._store.get_blueprint(report.blueprint) or job_pb2.Blueprint(), command_pb2.ScaffoldPolicy()
+                    self._blueprints.get(job_id, report.blueprint) or job_pb2.Blueprint(), command_pb2.ScaffoldPolicy()
                 )
             )
             scaffold.policy.ttl_ckpts = report.ttl_ckpts

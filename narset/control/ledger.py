@@ -24,6 +24,7 @@ from narset.contract.rules import (
 )
 from narset.contract.scaffold_policy import effective_policy, policy_errors
 from narset.contract.stages import LIVE_STAGES, stage_name
+from narset.control.blueprints import BlueprintCatalogue
 from narset.control.decision_log import record_decision
 from narset.control.errors import Refusal
 from narset.control.events import EventHub
@@ -64,6 +65,7 @@ class CommandLedger:
     def __init__(self, store: Store, events: EventHub) -> None:
         self._store = store
         self._events = events
+        self._blueprints = BlueprintCatalogue(store)
 
     def accept(self, command: command_pb2.AdaptationCommand, issuer: str) -> tuple[command_pb2.CommandRecord, bool]:
         """`submit` for a command from a client: `issuer`, the caller's identity, is its issued_by (never the
@@ -154,9 +156,9 @@ class CommandLedger:
             )
         if not deploy.blueprint:
             raise Refusal(reasons.INVALID_FIELD, "deploy.blueprint", "is required")
-        blueprint = self._store.get_blueprint(deploy.blueprint)
+        blueprint = self._blueprints.get(job.job_id, deploy.blueprint)
         if blueprint is None:
-            known = ", ".join(b.name for b in self._store.list_blueprints())
+            known = ", ".join(b.name for b in self._blueprints.list(job.job_id))
             raise Refusal(
                 reasons.BLUEPRINT_NOT_FOUND, "deploy.blueprint", f"no blueprint '{deploy.blueprint}' (known: {known})"
             )

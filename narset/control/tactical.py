@@ -49,6 +49,7 @@ from narset.contract.rules import (
 )
 from narset.contract.scaffold_policy import effective_policy
 from narset.contract.stages import LIVE_STAGES, OCCUPYING_STAGES
+from narset.control.blueprints import BlueprintCatalogue
 from narset.control.decision_log import record_decision
 from narset.control.errors import Refusal
 from narset.control.events import EventHub
@@ -120,6 +121,7 @@ class TacticalPolicy:
         self._store = store
         self._ledger = ledger
         self._events = events
+        self._blueprints = BlueprintCatalogue(store)
 
     def consider(
         self, job: job_pb2.Job, request: worker_service_pb2.ReportBoundaryRequest, policy: job_pb2.JobPolicy
@@ -149,7 +151,7 @@ class TacticalPolicy:
         decisions = []
         for index, site in enumerate(warm.sites):
             deploy = _site_deploy(site, policy.auto)
-            blueprint = self._store.get_blueprint(deploy.blueprint)
+            blueprint = self._blueprints.get(job.job_id, deploy.blueprint)
             module = self._candidates(job, policy, deploy).get(site.region) if blueprint is not None else None
             if module is None:
                 log.info("tactical.warm_start_no_room", job_id=job.job_id, region=site.region)
@@ -258,7 +260,7 @@ class TacticalPolicy:
         self, job: job_pb2.Job, policy: job_pb2.JobPolicy, deploy: command_pb2.DeployAction
     ) -> dict[str, str]:
         """For each region that may take `deploy` now, its first free module the blueprint fits."""
-        blueprint = self._store.get_blueprint(deploy.blueprint)
+        blueprint = self._blueprints.get(job.job_id, deploy.blueprint)
         if blueprint is None:
             return {}
         params = dict(deploy.blueprint_params)

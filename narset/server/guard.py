@@ -85,6 +85,8 @@ def _job_of(method: MethodDescriptor, request: Message) -> tuple[str, str] | Non
         return "command.job_id", request.command.job_id
     if "job_id" not in request.DESCRIPTOR.fields_by_name:
         return None
+    if method.name == "ListBlueprints" and not request.job_id:
+        return None  # the built-ins alone: about no job
     prefix = _FIELD_PREFIX.get(method.name)
     return (f"{prefix}.job_id" if prefix else "job_id"), request.job_id
 

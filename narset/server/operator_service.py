@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from narset.contract import reasons
 from narset.contract.limits import MAX_MESSAGE_BYTES
 from narset.contract.stages import OCCUPYING_STAGES
+from narset.control.blueprints import BlueprintCatalogue
 from narset.control.errors import Refusal
 from narset.control.events import EventHub
 from narset.control.job_policy import job_policy_of, validate_job_policy
@@ -52,6 +53,7 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
         self._store = store
         self._ledger = ledger
         self._events = events
+        self._blueprints = BlueprintCatalogue(store)
         # Bytes of entries one page of ListJobs or ListCommands carries: the message limit, less room
         # for the rest of the answer.
         self._page_bytes = page_bytes
@@ -85,7 +87,9 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
     def ListBlueprints(
         self, request: pb.ListBlueprintsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListBlueprintsResponse:
-        return pb.ListBlueprintsResponse(blueprints=self._store.list_blueprints())
+        if request.job_id:
+            self._job(request.job_id)  # an unknown job is NOT_FOUND, not a list of the built-ins
+        return pb.ListBlueprintsResponse(blueprints=self._blueprints.list(request.job_id))
 
     def SubmitCommand(
         self, request: pb.SubmitCommandRequest, context: grpc.aio.ServicerContext
@@ -137,7 +141,7 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
     def SetPolicy(self, request: pb.SetPolicyRequest, context: grpc.aio.ServicerContext) -> pb.SetPolicyResponse:
         with self._store.transaction(job=request.job_id):
             job = self._job(request.job_id)
-            validate_job_policy(request.policy, {b.name: b for b in self._store.list_blueprints()})
+            validate_job_policy(request.policy, {b.name: b for b in self._blueprints.list(job.job_id)})
             self._store.put_policy(job.job_id, request.policy)
             self._events.emit(
                 job.job_id,

@@ -28,7 +28,7 @@ from narset.v1 import job_pb2 as narset_dot_v1_dot_job__pb2
 from narset.v1 import telemetry_pb2 as narset_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n narset/v1/operator_service.proto\x12\tnarset.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17narset/v1/command.proto\x1a\x13narset/v1/job.proto\x1a\x19narset/v1/telemetry.proto\"%\n\x0fListJobsRequest\x12\x12\n\npage_token\x18\x01 \x01(\t\"I\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.narset.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x80\x01\n\x0eGetJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.narset.v1.Job\x12$\n\x06policy\x18\x02 \x01(\x0b\x32\x14.narset.v1.JobPolicy\x12+\n\tembargoes\x18\x03 \x03(\x0b\x32\x18.narset.v1.RegionEmbargo\"$\n\x12ListModulesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"=\n\x13ListModulesResponse\x12&\n\x07modules\x18\x01 \x03(\x0b\x32\x15.narset.v1.ModuleInfo\"\x17\n\x15ListBlueprintsRequest\"B\n\x16ListBlueprintsResponse\x12(\n\nblueprints\x18\x01 \x03(\x0b\x32\x14.narset.v1.Blueprint\"E\n\x14SubmitCommandRequest\x12-\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1c.narset.v1.AdaptationCommand\"T\n\x15SubmitCommandResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.narset.v1.CommandRecord\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"=\n\x14ListScaffoldsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rinclude_ended\x18\x02 \x01(\x08\"?\n\x15ListScaffoldsResponse\x12&\n\tscaffolds\x18\x01 \x03(\x0b\x32\x13.narset.v1.Scaffold\"9\n\x12GetScaffoldRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bscaffold_id\x18\x02 \x01(\t\"<\n\x13GetScaffoldResponse\x12%\n\x08scaffold\x18\x01 \x01(\x0b\x32\x13.narset.v1.Scaffold\"b\n\x13ListCommandsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06states\x18\x02 \x03(\x0e\x32\x17.narset.v1.CommandState\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x14ListCommandsResponse\x12*\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x18.narset.v1.CommandRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x14ListDecisionsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x15ListDecisionsResponse\x12&\n\tdecisions\x18\x01 \x03(\x0b\x32\x13.narset.v1.Decision\"\"\n\x10GetPolicyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x11GetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"H\n\x10SetPolicyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12$\n\x06policy\x18\x02 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"9\n\x11SetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"L\n\x12WatchEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"6\n\x13WatchEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.narset.v1.Event\"I\n\x10ListAuditRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"\xda\x01\n\nAuditEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x0e\n\x06job_id\x18\x07 \x01(\t\x12\x12\n\ncommand_id\x18\x08 \x01(\t\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\";\n\x11ListAuditResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.narset.v1.AuditEntry\"2\n\x10\x44\x65tachJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x11\x44\x65tachJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.narset.v1.Job2\xc5\x08\n\x0fOperatorService\x12\x43\n\x08ListJobs\x12\x1a.narset.v1.ListJobsRequest\x1a\x1b.narset.v1.ListJobsResponse\x12=\n\x06GetJob\x12\x18.narset.v1.GetJobRequest\x1a\x19.narset.v1.GetJobResponse\x12L\n\x0bListModules\x12\x1d.narset.v1.ListModulesRequest\x1a\x1e.narset.v1.ListModulesResponse\x12U\n\x0eListBlueprints\x12 .narset.v1.ListBlueprintsRequest\x1a!.narset.v1.ListBlueprintsResponse\x12R\n\rSubmitCommand\x12\x1f.narset.v1.SubmitCommandRequest\x1a .narset.v1.SubmitCommandResponse\x12R\n\rListScaffolds\x12\x1f.narset.v1.ListScaffoldsRequest\x1a .narset.v1.ListScaffoldsResponse\x12L\n\x0bGetScaffold\x12\x1d.narset.v1.GetScaffoldRequest\x1a\x1e.narset.v1.GetScaffoldResponse\x12O\n\x0cListCommands\x12\x1e.narset.v1.ListCommandsRequest\x1a\x1f.narset.v1.ListCommandsResponse\x12R\n\rListDecisions\x12\x1f.narset.v1.ListDecisionsRequest\x1a .narset.v1.ListDecisionsResponse\x12\x46\n\tGetPolicy\x12\x1b.narset.v1.GetPolicyRequest\x1a\x1c.narset.v1.GetPolicyResponse\x12\x46\n\tSetPolicy\x12\x1b.narset.v1.SetPolicyRequest\x1a\x1c.narset.v1.SetPolicyResponse\x12N\n\x0bWatchEvents\x12\x1d.narset.v1.WatchEventsRequest\x1a\x1e.narset.v1.WatchEventsResponse0\x01\x12\x46\n\tListAudit\x12\x1b.narset.v1.ListAuditRequest\x1a\x1c.narset.v1.ListAuditResponse\x12\x46\n\tDetachJob\x12\x1b.narset.v1.DetachJobRequest\x1a\x1c.narset.v1.DetachJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n narset/v1/operator_service.proto\x12\tnarset.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17narset/v1/command.proto\x1a\x13narset/v1/job.proto\x1a\x19narset/v1/telemetry.proto\"%\n\x0fListJobsRequest\x12\x12\n\npage_token\x18\x01 \x01(\t\"I\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.narset.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x80\x01\n\x0eGetJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.narset.v1.Job\x12$\n\x06policy\x18\x02 \x01(\x0b\x32\x14.narset.v1.JobPolicy\x12+\n\tembargoes\x18\x03 \x03(\x0b\x32\x18.narset.v1.RegionEmbargo\"$\n\x12ListModulesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"=\n\x13ListModulesResponse\x12&\n\x07modules\x18\x01 \x03(\x0b\x32\x15.narset.v1.ModuleInfo\"\'\n\x15ListBlueprintsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"B\n\x16ListBlueprintsResponse\x12(\n\nblueprints\x18\x01 \x03(\x0b\x32\x14.narset.v1.Blueprint\"E\n\x14SubmitCommandRequest\x12-\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1c.narset.v1.AdaptationCommand\"T\n\x15SubmitCommandResponse\x12(\n\x06record\x18\x01 \x01(\x0b\x32\x18.narset.v1.CommandRecord\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"=\n\x14ListScaffoldsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rinclude_ended\x18\x02 \x01(\x08\"?\n\x15ListScaffoldsResponse\x12&\n\tscaffolds\x18\x01 \x03(\x0b\x32\x13.narset.v1.Scaffold\"9\n\x12GetScaffoldRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bscaffold_id\x18\x02 \x01(\t\"<\n\x13GetScaffoldResponse\x12%\n\x08scaffold\x18\x01 \x01(\x0b\x32\x13.narset.v1.Scaffold\"b\n\x13ListCommandsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06states\x18\x02 \x03(\x0e\x32\x17.narset.v1.CommandState\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x14ListCommandsResponse\x12*\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x18.narset.v1.CommandRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x14ListDecisionsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x15ListDecisionsResponse\x12&\n\tdecisions\x18\x01 \x03(\x0b\x32\x13.narset.v1.Decision\"\"\n\x10GetPolicyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"9\n\x11GetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"H\n\x10SetPolicyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12$\n\x06policy\x18\x02 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"9\n\x11SetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.narset.v1.JobPolicy\"L\n\x12WatchEventsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"6\n\x13WatchEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.narset.v1.Event\"I\n\x10ListAuditRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"\xda\x01\n\nAuditEntry\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\x0e\n\x06method\x18\x06 \x01(\t\x12\x0e\n\x06job_id\x18\x07 \x01(\t\x12\x12\n\ncommand_id\x18\x08 \x01(\t\x12\x0f\n\x07outcome\x18\t \x01(\t\x12\x0e\n\x06reason\x18\n \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\";\n\x11ListAuditResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.narset.v1.AuditEntry\"2\n\x10\x44\x65tachJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"0\n\x11\x44\x65tachJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.narset.v1.Job2\xc5\x08\n\x0fOperatorService\x12\x43\n\x08ListJobs\x12\x1a.narset.v1.ListJobsRequest\x1a\x1b.narset.v1.ListJobsResponse\x12=\n\x06GetJob\x12\x18.narset.v1.GetJobRequest\x1a\x19.narset.v1.GetJobResponse\x12L\n\x0bListModules\x12\x1d.narset.v1.ListModulesRequest\x1a\x1e.narset.v1.ListModulesResponse\x12U\n\x0eListBlueprints\x12 .narset.v1.ListBlueprintsRequest\x1a!.narset.v1.ListBlueprintsResponse\x12R\n\rSubmitCommand\x12\x1f.narset.v1.SubmitCommandRequest\x1a .narset.v1.SubmitCommandResponse\x12R\n\rListScaffolds\x12\x1f.narset.v1.ListScaffoldsRequest\x1a .narset.v1.ListScaffoldsResponse\x12L\n\x0bGetScaffold\x12\x1d.narset.v1.GetScaffoldRequest\x1a\x1e.narset.v1.GetScaffoldResponse\x12O\n\x0cListCommands\x12\x1e.narset.v1.ListCommandsRequest\x1a\x1f.narset.v1.ListCommandsResponse\x12R\n\rListDecisions\x12\x1f.narset.v1.ListDecisionsRequest\x1a .narset.v1.ListDecisionsResponse\x12\x46\n\tGetPolicy\x12\x1b.narset.v1.GetPolicyRequest\x1a\x1c.narset.v1.GetPolicyResponse\x12\x46\n\tSetPolicy\x12\x1b.narset.v1.SetPolicyRequest\x1a\x1c.narset.v1.SetPolicyResponse\x12N\n\x0bWatchEvents\x12\x1d.narset.v1.WatchEventsRequest\x1a\x1e.narset.v1.WatchEventsResponse0\x01\x12\x46\n\tListAudit\x12\x1b.narset.v1.ListAuditRequest\x1a\x1c.narset.v1.ListAuditResponse\x12\x46\n\tDetachJob\x12\x1b.narset.v1.DetachJobRequest\x1a\x1c.narset.v1.DetachJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,51 +48,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODULESRESPONSE']._serialized_start=469
   _globals['_LISTMODULESRESPONSE']._serialized_end=530
   _globals['_LISTBLUEPRINTSREQUEST']._serialized_start=532
-  _globals['_LISTBLUEPRINTSREQUEST']._serialized_end=555
-  _globals['_LISTBLUEPRINTSRESPONSE']._serialized_start=557
-  _globals['_LISTBLUEPRINTSRESPONSE']._serialized_end=623
-  _globals['_SUBMITCOMMANDREQUEST']._serialized_start=625
-  _globals['_SUBMITCOMMANDREQUEST']._serialized_end=694
-  _globals['_SUBMITCOMMANDRESPONSE']._serialized_start=696
-  _globals['_SUBMITCOMMANDRESPONSE']._serialized_end=780
-  _globals['_LISTSCAFFOLDSREQUEST']._serialized_start=782
-  _globals['_LISTSCAFFOLDSREQUEST']._serialized_end=843
-  _globals['_LISTSCAFFOLDSRESPONSE']._serialized_start=845
-  _globals['_LISTSCAFFOLDSRESPONSE']._serialized_end=908
-  _globals['_GETSCAFFOLDREQUEST']._serialized_start=910
-  _globals['_GETSCAFFOLDREQUEST']._serialized_end=967
-  _globals['_GETSCAFFOLDRESPONSE']._serialized_start=969
-  _globals['_GETSCAFFOLDRESPONSE']._serialized_end=1029
-  _globals['_LISTCOMMANDSREQUEST']._serialized_start=1031
-  _globals['_LISTCOMMANDSREQUEST']._serialized_end=1129
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=1131
-  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=1222
-  _globals['_LISTDECISIONSREQUEST']._serialized_start=1224
-  _globals['_LISTDECISIONSREQUEST']._serialized_end=1262
-  _globals['_LISTDECISIONSRESPONSE']._serialized_start=1264
-  _globals['_LISTDECISIONSRESPONSE']._serialized_end=1327
-  _globals['_GETPOLICYREQUEST']._serialized_start=1329
-  _globals['_GETPOLICYREQUEST']._serialized_end=1363
-  _globals['_GETPOLICYRESPONSE']._serialized_start=1365
-  _globals['_GETPOLICYRESPONSE']._serialized_end=1422
-  _globals['_SETPOLICYREQUEST']._serialized_start=1424
-  _globals['_SETPOLICYREQUEST']._serialized_end=1496
-  _globals['_SETPOLICYRESPONSE']._serialized_start=1498
-  _globals['_SETPOLICYRESPONSE']._serialized_end=1555
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1557
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1633
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1635
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1689
-  _globals['_LISTAUDITREQUEST']._serialized_start=1691
-  _globals['_LISTAUDITREQUEST']._serialized_end=1764
-  _globals['_AUDITENTRY']._serialized_start=1767
-  _globals['_AUDITENTRY']._serialized_end=1985
-  _globals['_LISTAUDITRESPONSE']._serialized_start=1987
-  _globals['_LISTAUDITRESPONSE']._serialized_end=2046
-  _globals['_DETACHJOBREQUEST']._serialized_start=2048
-  _globals['_DETACHJOBREQUEST']._serialized_end=2098
-  _globals['_DETACHJOBRESPONSE']._serialized_start=2100
-  _globals['_DETACHJOBRESPONSE']._serialized_end=2148
-  _globals['_OPERATORSERVICE']._serialized_start=2151
-  _globals['_OPERATORSERVICE']._serialized_end=3244
+  _globals['_LISTBLUEPRINTSREQUEST']._serialized_end=571
+  _globals['_LISTBLUEPRINTSRESPONSE']._serialized_start=573
+  _globals['_LISTBLUEPRINTSRESPONSE']._serialized_end=639
+  _globals['_SUBMITCOMMANDREQUEST']._serialized_start=641
+  _globals['_SUBMITCOMMANDREQUEST']._serialized_end=710
+  _globals['_SUBMITCOMMANDRESPONSE']._serialized_start=712
+  _globals['_SUBMITCOMMANDRESPONSE']._serialized_end=796
+  _globals['_LISTSCAFFOLDSREQUEST']._serialized_start=798
+  _globals['_LISTSCAFFOLDSREQUEST']._serialized_end=859
+  _globals['_LISTSCAFFOLDSRESPONSE']._serialized_start=861
+  _globals['_LISTSCAFFOLDSRESPONSE']._serialized_end=924
+  _globals['_GETSCAFFOLDREQUEST']._serialized_start=926
+  _globals['_GETSCAFFOLDREQUEST']._serialized_end=983
+  _globals['_GETSCAFFOLDRESPONSE']._serialized_start=985
+  _globals['_GETSCAFFOLDRESPONSE']._serialized_end=1045
+  _globals['_LISTCOMMANDSREQUEST']._serialized_start=1047
+  _globals['_LISTCOMMANDSREQUEST']._serialized_end=1145
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_start=1147
+  _globals['_LISTCOMMANDSRESPONSE']._serialized_end=1238
+  _globals['_LISTDECISIONSREQUEST']._serialized_start=1240
+  _globals['_LISTDECISIONSREQUEST']._serialized_end=1278
+  _globals['_LISTDECISIONSRESPONSE']._serialized_start=1280
+  _globals['_LISTDECISIONSRESPONSE']._serialized_end=1343
+  _globals['_GETPOLICYREQUEST']._serialized_start=1345
+  _globals['_GETPOLICYREQUEST']._serialized_end=1379
+  _globals['_GETPOLICYRESPONSE']._serialized_start=1381
+  _globals['_GETPOLICYRESPONSE']._serialized_end=1438
+  _globals['_SETPOLICYREQUEST']._serialized_start=1440
+  _globals['_SETPOLICYREQUEST']._serialized_end=1512
+  _globals['_SETPOLICYRESPONSE']._serialized_start=1514
+  _globals['_SETPOLICYRESPONSE']._serialized_end=1571
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1573
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1649
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1651
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1705
+  _globals['_LISTAUDITREQUEST']._serialized_start=1707
+  _globals['_LISTAUDITREQUEST']._serialized_end=1780
+  _globals['_AUDITENTRY']._serialized_start=1783
+  _globals['_AUDITENTRY']._serialized_end=2001
+  _globals['_LISTAUDITRESPONSE']._serialized_start=2003
+  _globals['_LISTAUDITRESPONSE']._serialized_end=2062
+  _globals['_DETACHJOBREQUEST']._serialized_start=2064
+  _globals['_DETACHJOBREQUEST']._serialized_end=2114
+  _globals['_DETACHJOBRESPONSE']._serialized_start=2116
+  _globals['_DETACHJOBRESPONSE']._serialized_end=2164
+  _globals['_OPERATORSERVICE']._serialized_start=2167
+  _globals['_OPERATORSERVICE']._serialized_end=3260
 # @@protoc_insertion_point(module_scope)

@@ -55,8 +55,10 @@ class ListModulesResponse(_message.Message):
     def __init__(self, modules: _Optional[_Iterable[_Union[_job_pb2.ModuleInfo, _Mapping]]] = ...) -> None: ...
 
 class ListBlueprintsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListBlueprintsResponse(_message.Message):
     __slots__ = ("blueprints",)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 
 import grpc
@@ -31,6 +33,7 @@ __all__ = [
     "linear",
     "live",
     "scrape",
+    "stored_blueprints",
     "value",
 ]
 
@@ -250,3 +253,9 @@ def deployed(job: Job, losses=(1.0, 0.95, 0.9)) -> None:
         job.report(loss)
     job.deploy()
     assert [c.command_id for c in job.report(losses[-1]).commands] == ["sc"]
+
+
+def stored_blueprints(db_path: Path, name: str) -> list[str]:
+    """The stored names of every blueprint called `name`, whoever registered it (read from the file)."""
+    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+        return [n for (n,) in db.execute("SELECT name FROM blueprints") if n.rpartition("\x1f")[2] == name]

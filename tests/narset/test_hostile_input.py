@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 import structlog
-from narset_testing import assert_refusal, attach_request, deploy
+from narset_testing import assert_refusal, attach_request, deploy, stored_blueprints
 
 from narset.client import NarsetError
 from narset.contract import reasons
@@ -212,7 +212,7 @@ def test_the_same_scaffold_pruned_twice_in_one_report_is_refused(client, worker_
     assert client.list_decisions("run-7") == [] and not client.get_job("run-7").embargoes
 
 
-def test_unknown_enums_in_commands_and_registrations_are_refused(client, operator_stub, worker_stub):
+def test_unknown_enums_in_commands_and_registrations_are_refused(client, operator_stub, worker_stub, db_path):
     """exit_policy 99 in a deploy and size_class / fold kind 99 in a job's blueprint are refused by name."""
     Job(worker_stub)
     command = deploy("encoder.fc1", policy=command_pb2.ScaffoldPolicy(exit_policy=99))
@@ -228,7 +228,7 @@ def test_unknown_enums_in_commands_and_registrations_are_refused(client, operato
         error = refused(worker_stub.Attach, request)
         assert_refusal(error, INVALID, reasons.INVALID_FIELD, f"attach.blueprints[0].{field}")
     assert [j.job_id for j in client.list_jobs()] == ["run-7"]
-    assert "mine" not in {b.name for b in client.list_blueprints()}
+    assert not stored_blueprints(db_path, "mine")
 
 
 def test_stage_name_of_a_value_stored_before_reports_were_checked():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf import descriptor_pool
-from narset_testing import assert_refusal, attach_request
+from narset_testing import assert_refusal, attach_request, stored_blueprints
 
 from narset.contract import reasons
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
@@ -118,12 +118,12 @@ ATTACHES = {
 
 
 @pytest.mark.parametrize(("request_", "field", "why"), ATTACHES.values(), ids=ATTACHES.keys())
-def test_a_registration_out_of_range_is_refused_and_stores_nothing(client, worker_stub, request_, field, why):
+def test_a_registration_out_of_range_is_refused_and_stores_nothing(client, worker_stub, db_path, request_, field, why):
     error = _refused(worker_stub.Attach, request_)
     assert_refusal(error, INVALID, reasons.INVALID_FIELD, field)
     assert f"must be {why}" in error.details()
     assert client.list_jobs() == []
-    assert "mine" not in {b.name for b in client.list_blueprints()}
+    assert not stored_blueprints(db_path, "mine")
 
 
 def _auto_ttl(policy: job_pb2.JobPolicy) -> None:
