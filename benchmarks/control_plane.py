@@ -13,6 +13,11 @@ reports boundary after boundary with a probe loss, metrics, two live scaffolds w
 telemetry and region signals, acknowledging every command it receives. One deploy per job is
 submitted through the operator API during the run, so the ledger and decision paths are exercised.
 Prints reports/s, exchange latency p50/p99 and the server's resident memory (peak and at the end).
+
+Then, in the same run, the ceiling: a bare `grpc.aio` unary echo server (no store, no logic) in its
+own process, called by the same number of clients with a payload the size of a report, for the same
+time; the ratio reports/s over echo calls/s says how much of what gRPC itself allows on this machine
+the control plane reaches.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -122,6 +129,58 @@ async def run_job(addresses: list[str], index: int, deadline: float, latencies: 
             await channel.close()
 
 
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+async def serve_echo(ready: Path) -> None:
+    """The ceiling's server: one unary method answering its request bytes, nothing else."""
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(echo)  # no (de)serialisers: bytes in, bytes out
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ready.write_text(f"127.0.0.1:{port}")
+    await server.wait_for_termination()
+
+
+async def echo_client(address: str, payload: bytes, deadline: float, latencies: list[float]) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(ECHO_METHOD)
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            await call(payload)
+            latencies.append(time.perf_counter() - started)
+
+
+async def echo_ceiling(clients: int, payload: bytes, seconds: float, tmp: Path) -> tuple[float, list[float]]:
+    """Calls/s and latencies of `clients` concurrent callers of an echo server in a child process."""
+    ready = tmp / "echo.address"
+    process = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(ready)])
+    try:
+        while not ready.exists():
+            if process.poll() is not None:
+                raise RuntimeError(f"the echo server exited with {process.returncode}")
+            await asyncio.sleep(0.02)
+        address = ready.read_text()
+        latencies: list[float] = []
+        started = time.monotonic()
+        deadline = started + seconds
+        await asyncio.gather(*(echo_client(address, payload, deadline, latencies) for _ in range(clients)))
+        return len(latencies) / (time.monotonic() - started), latencies
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def quantile_ms(latencies: list[float], quantile: float) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))] * 1000
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     """(current, peak) resident set size of `pid` in KiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
@@ -148,10 +207,15 @@ async def main_async(args: argparse.Namespace) -> None:
         finally:
             for server in servers:
                 server.terminate()
-    latencies.sort()
-
-    def ms(quantile: float) -> float:
-        return latencies[min(len(latencies) - 1, int(quantile * len(latencies)))] * 1000
+        payload = worker_service_pb2.ReportBoundaryRequest(
+            job_id="job-0000",
+            session_id="s" * 32,
+            boundary=10,
+            metrics={"val_loss": 0.1, "lr": 3e-4},
+            scaffolds=[scaffold("job-0000-deploy", "blocks.3.fc1", 10)],
+            region_signals=[telemetry_pb2.RegionSignal(region=f"block{b}", update_ratio=1e-3) for b in range(8)],
+        ).SerializeToString()
+        echo_rate, echo_latencies = await echo_ceiling(args.jobs, payload, args.seconds, Path(tmp))
 
     if args.db == "sqlite":  # `narset serve` takes NARSET_SQLITE_SYNCHRONOUS from the environment it inherits
         store = f"SQLite, a fresh file, synchronous={os.environ.get('NARSET_SQLITE_SYNCHRONOUS', 'normal')}"
@@ -163,10 +227,18 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"reports              {len(latencies)} ({min(boundaries)}..{max(boundaries)} per job)")
     print(f"reports/s            {len(latencies) / elapsed:.0f}")
     mean = statistics.mean(latencies) * 1000
-    print(f"exchange latency     p50 {ms(0.50):.2f} ms   p99 {ms(0.99):.2f} ms   mean {mean:.2f} ms")
+    p50, p99 = quantile_ms(latencies, 0.50), quantile_ms(latencies, 0.99)
+    print(f"exchange latency     p50 {p50:.2f} ms   p99 {p99:.2f} ms   mean {mean:.2f} ms")
     for i, (idle_kib, (rss, peak)) in enumerate(zip(idle, end, strict=True)):
         name = "server RSS" if len(servers) == 1 else f"replica {i + 1} RSS"
         print(f"{name:<21}idle {idle_kib / 1024:.0f} MiB   end {rss / 1024:.0f} MiB   peak {peak / 1024:.0f} MiB")
+    echo_p50 = quantile_ms(echo_latencies, 0.50)
+    print(
+        f"echo ceiling         {echo_rate:.0f} calls/s, p50 {echo_p50:.2f} ms "
+        f"({len(payload)}-byte payload, as many clients)"
+    )
+    print(f"of the ceiling       {len(latencies) / elapsed / echo_rate:.2f}x (target >= 0.5x)")
+    print("load average         {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 def main() -> None:
@@ -179,7 +251,11 @@ def main() -> None:
         help="sqlite (a fresh file, the default) or the postgresql:// URL of an empty database",
     )
     parser.add_argument("--replicas", type=int, default=1, help="narset serve processes on a PostgreSQL store")
+    parser.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)  # the echo server's child process
     args = parser.parse_args()
+    if args.serve_echo:
+        asyncio.run(serve_echo(args.serve_echo))
+        return
     if args.db != "sqlite" and not is_postgres_url(args.db):
         parser.error(f"--db must be sqlite or a postgresql:// URL, got {args.db!r}")
     if args.replicas < 1 or (args.replicas > 1 and args.db == "sqlite"):
