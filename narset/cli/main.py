@@ -496,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             render.emit_json({"error": _error_document(error)})
         details = render.escaped(error.details)  # a refusal echoes the values it refused
+        if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and not error.reason:
+            # gRPC's own, not Narset's: a message over the size limit never reached Narset or the client.
+            print(f"narset: a message over the size limit ({details}); ask for less", file=sys.stderr)
+            return EXIT_ERROR
         if error.code in REFUSAL_CODES:
             print(f"narset: refused ({error.code.name}): {details}", file=sys.stderr)
             return EXIT_REFUSED

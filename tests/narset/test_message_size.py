@@ -149,3 +149,15 @@ def test_an_answer_that_cannot_be_paged_is_refused_naming_the_limit(small, stubs
         operator.GetJob(operator_service_pb2.GetJobRequest(job_id="run-7"))
     assert_refusal(error.value, grpc.StatusCode.RESOURCE_EXHAUSTED, reasons.ANSWER_TOO_LARGE, "request")
     assert f"over the {LIMIT}-byte message limit" in error.value.details()
+
+
+def test_the_cli_printed_a_message_over_the_limit_as_refused(server, attached, capsys):
+    """gRPC's own RESOURCE_EXHAUSTED (a request over the limit, never sent) is no refusal of Narset: exit 1,
+    not 3, and says so; a budget refusal (RESOURCE_EXHAUSTED with a reason) stays a refusal."""
+    huge = ["fold", "run-7", "--module", "encoder.fc1", "--reason", "r" * MAX_MESSAGE_BYTES]
+    assert main([*huge, "--server", server.address]) == 1
+    assert "a message over the size limit" in capsys.readouterr().err
+    deploy = ["deploy", "run-7", "--blueprint", "lora", "--server", server.address]
+    assert main([*deploy, "--module", "encoder.fc1"]) == 0
+    assert main([*deploy, "--module", "encoder.fc2"]) == 3  # the region holds one live scaffold
+    assert "refused (RESOURCE_EXHAUSTED): deploy.region" in capsys.readouterr().err
