@@ -43,6 +43,14 @@ def _drop_non_finite(report: worker_service_pb2.ReportBoundaryRequest) -> None:
         _clear_non_finite(signal)
 
 
+def _fit(message, kind: str) -> None:
+    """Narset refuses a whole message with a number outside its documented range; a rounding slip (alpha a
+    hair below 0) would otherwise hold back every later attach or report, and the commands due."""
+    fitted = fit_to_ranges(message)
+    if fitted:
+        log.warning("narset_message_fitted", job=message.job_id, message=kind, fields=fitted)
+
+
 class NarsetTransport:
     """A `CommandSource` backed by a Narset server; every call returns within its timeout."""
 
@@ -74,6 +82,7 @@ class NarsetTransport:
     def _attach(self) -> None:
         request = self._registration()
         request.session_id = self._last_session
+        _fit(request, "attach")
         response = self._link.call("Attach", request)
         self.session_id, self.job_id = response.session_id, request.job_id
         self._last_session = response.session_id
@@ -89,11 +98,7 @@ class NarsetTransport:
         outgoing = worker_service_pb2.ReportBoundaryRequest()
         outgoing.CopyFrom(report)
         _drop_non_finite(outgoing)
-        # Narset refuses a whole report with a number outside its documented range; a rounding slip
-        # (alpha a hair below 0) would otherwise hold back every later report and the commands due.
-        fitted = fit_to_ranges(outgoing)
-        if fitted:
-            log.warning("narset_report_fitted", job=report.job_id, boundary=report.boundary, fields=fitted)
+        _fit(outgoing, "report")
         held_ids = {r.command_id for r in self._held_results}
         fresh_results = [r for r in outgoing.results if r.command_id not in held_ids]
         del outgoing.results[:]

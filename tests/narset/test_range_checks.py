@@ -8,6 +8,7 @@ import pytest
 from google.protobuf import descriptor_pool
 from narset_testing import assert_refusal, attach_request, stored_blueprints
 
+from kasmina_worker.link.narset_transport import NarsetTransport
 from narset.contract import reasons
 from narset.contract.catalogue import BUILTIN_BLUEPRINTS
 from narset.contract.limits import MAX_BOUNDARY, RANGES, fit_to_ranges, limit_error, range_error
@@ -195,3 +196,18 @@ def test_the_worker_fits_its_report_to_the_ranges_narset_checks(client, worker_s
     assert not report.HasField("step_time_ms")
     worker_stub.ReportBoundary(report)
     assert client.get_job("run-7").job.last_boundary == 1
+
+
+def test_the_worker_link_fits_its_registration_too(server, client):
+    """A restored scaffold whose alpha slipped below 0 would have its job's every attach refused: the
+    link clamps it, and the job attaches."""
+    registration = attach_request("run-7")
+    registration.restored.boundary = 1
+    registration.restored.scaffolds.append(_scaffold(alpha=-1e-9))
+    transport = NarsetTransport(server.address, lambda: registration, timeout_s=5)
+    try:
+        transport.exchange(worker_service_pb2.ReportBoundaryRequest(job_id="run-7", boundary=2, step=2))
+        assert transport.last_error is None
+    finally:
+        transport.close()
+    assert client.get_job("run-7").job.last_boundary == 2
