@@ -54,6 +54,11 @@ class KasminaHooks:
                 self._interval = []
             self.worker.checkpoint(step=global_step, metrics=self.metrics)
 
+    def close(self) -> None:
+        """End of the run, finished or failed: detach from Narset and stop the link process (safe twice)."""
+        if self.worker is not None:
+            self.worker.close()
+
     def state_dict(self) -> dict[str, Any]:
         return {"worker": self.worker.state_dict(), "metrics": dict(self.metrics)} if self.worker else {}
 

@@ -46,7 +46,7 @@ class KasminaCallback(KasminaHooks, TrainerCallback):
         torch.save(self.state_dict(), Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}" / MANIFEST)
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
-        self.worker.close()
+        self.close()
 
 
 class KasminaTrainerMixin:
@@ -58,6 +58,13 @@ class KasminaTrainerMixin:
         if len(found) != 1:
             raise ValueError(f"callbacks must hold exactly one KasminaCallback, found {len(found)}")
         return found[0]
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        # Trainer calls no callback when training raises: the worker's link process must not outlive it.
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.kasmina.close()
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         # The worker and the scheduler drive the torch optimiser inside accelerate's wrapper.

@@ -52,5 +52,11 @@ class KasminaCallback(KasminaHooks, pl.Callback):
             self.metrics["val_loss"] = float(trainer.callback_metrics["val_loss"])
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        del pl_module.training_step  # the class's own again
-        self.worker.close()
+        self._finish(pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._finish(pl_module)  # a failed fit calls no on_fit_end
+
+    def _finish(self, pl_module: pl.LightningModule) -> None:
+        pl_module.__dict__.pop("training_step", None)  # the class's own again
+        self.close()

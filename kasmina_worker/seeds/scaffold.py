@@ -52,6 +52,8 @@ class Scaffold(nn.Module):
         # Set at boundaries only, when a teaching loss needs the site tensors of the step.
         self.record_site = False
         self.site: SiteTensors | None = None
+        # Warned once: trainers and EMA helpers call state_dict() every step.
+        self.state_dict_warned = False
         self.register_state_dict_post_hook(_host_entries_only)
         self.register_load_state_dict_pre_hook(_load_into_host)
 
@@ -87,12 +89,14 @@ def _host_entries_only(module: Scaffold, state_dict: dict, prefix: str, local_me
                 metadata[prefix[:-1]] = value
             elif key.startswith(host):
                 metadata[prefix + key[len(host) :]] = value
-    log.warning(
-        "live_scaffold_not_in_state_dict",
-        scaffold_id=module.scaffold_id,
-        site=prefix[:-1],
-        hint="the host's weights only; the seed is in KasminaWorker.state_dict()",
-    )
+    if not module.state_dict_warned:
+        module.state_dict_warned = True
+        log.warning(
+            "live_scaffold_not_in_state_dict",
+            scaffold_id=module.scaffold_id,
+            site=prefix[:-1],
+            hint="the host's weights only; the seed is in KasminaWorker.state_dict() (warned once per scaffold)",
+        )
 
 
 def _load_into_host(

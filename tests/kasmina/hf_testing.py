@@ -73,11 +73,16 @@ class Plan:
     def __init__(self, commands: dict[int, list], watch: Callable[[object], None] = lambda report: None) -> None:
         self.commands, self.watch = commands, watch
         self.reports: list = []
+        self.closed = False
 
     def exchange(self, report) -> list:
         self.reports.append(report)
         self.watch(report)
         return list(self.commands.get(report.boundary, []))
+
+    def close(self) -> None:
+        """What a Narset link does at the end of a run: detach (here: noted)."""
+        self.closed = True
 
 
 def gradient_errors(model: torch.nn.Module, reference: Callable[[], torch.Tensor]) -> list[float]:

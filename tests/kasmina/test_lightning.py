@@ -166,3 +166,35 @@ def test_lightning_teaching_terms_and_loss_reach_backward_at_the_step_scale():
     assert plan.reports[2].scaffolds[0].stage == telemetry_pb2.SCAFFOLD_STAGE_DECAY
     assert gradients.checked["terms"] > 0
     assert max(gradients.checked["errors"]) <= 1e-5, max(gradients.checked["errors"])
+
+
+class FailingLM(TinyLM):
+    """Raises in its fourth training step."""
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 3:
+            raise RuntimeError("the job's own failure")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_failed_fit_still_closes_the_worker_and_restores_the_training_step():
+    """When training raises (Lightning then calls no on_fit_end) the callback still closes the worker, so a link
+    process to Narset never outlives the run, and the module's training step is its class's own again."""
+    torch.manual_seed(0)
+    module = FailingLM()
+    plan = Plan({})
+    config = WorkerConfig(batch_loss=lambda m, b: m(**b).loss)
+    callback = KasminaCallback("failing", boundary_steps=EVERY, probe=[lm_batch(900)], config=config, transport=plan)
+    trainer = pl.Trainer(
+        max_steps=STEPS,
+        accelerator="cpu",
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    with pytest.raises(RuntimeError, match="the job's own failure"):
+        trainer.fit(module, DataLoader(lm_rows(12), batch_size=2))
+    assert plan.closed
+    assert "training_step" not in vars(module)
