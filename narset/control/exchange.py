@@ -414,12 +414,12 @@ class Exchange:
         room = self._command_bytes
         for record in self._store.list_commands(job.job_id, IN_FLIGHT):
             action = record.command.WhichOneof("action")
+            if budget.get(action, 1) <= 0:
+                continue  # over this boundary's budget: stays queued, and holds back none after it
             size = record.command.ByteSize()
             if due and size > room:
                 break  # the answer is full: this command and the later ones are delivered next time
             if action in budget:
-                if budget[action] <= 0:
-                    continue  # over this boundary's budget: stays queued for the next one
                 budget[action] -= 1
             room -= size
             due.append(record.command)

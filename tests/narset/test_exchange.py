@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import grpc
 import pytest
 from grpc_status import rpc_status
-from narset_testing import assert_refusal, attach_request, deploy
+from narset_testing import ServerThread, assert_refusal, attach_request, deploy
 
 from narset.cli import main
+from narset.client import NarsetClient
 from narset.contract import reasons
-from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
+from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2, worker_service_pb2_grpc
 
 # Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
 pytestmark = pytest.mark.backends
@@ -85,10 +87,12 @@ def test_rejected_deploy_frees_its_module(client, worker_stub, attached):
     assert submit_deploy(client, "dep-2").state == command_pb2.COMMAND_STATE_PENDING
 
 
-def test_fold_budget_per_boundary_defers_the_rest(client, worker_stub, attached):
-    """With max_folds_per_boundary=1, two folds go out at two successive boundaries, in ledger order."""
+def two_held_scaffolds(client, worker_stub, attached, **policy_fields) -> None:
+    """Scaffolds a (encoder.fc1) and b (decoder.fc1) deployed and HOLDing at boundary 2, under the job's
+    policy with `policy_fields` changed."""
     policy = client.get_policy("run-7")
-    policy.max_folds_per_boundary = 1
+    for name, value in policy_fields.items():
+        setattr(policy, name, value)
     client.set_policy("run-7", policy)
     submit_deploy(client, "a", "encoder.fc1")
     submit_deploy(client, "b", "decoder.fc1")
@@ -101,6 +105,11 @@ def test_fold_budget_per_boundary_defers_the_rest(client, worker_stub, attached)
             )
         )
     worker_stub.ReportBoundary(live)
+
+
+def test_fold_budget_per_boundary_defers_the_rest(client, worker_stub, attached):
+    """With max_folds_per_boundary=1, two folds go out at two successive boundaries, in ledger order."""
+    two_held_scaffolds(client, worker_stub, attached, max_folds_per_boundary=1)
     for scaffold_id in ("a", "b"):
         client.submit(
             command_pb2.AdaptationCommand(
@@ -208,3 +217,35 @@ def test_result_for_a_command_narset_never_issued_is_ignored(client, worker_stub
     response = worker_stub.ReportBoundary(report(attached, 1, results=[result("local-1", 1)]))
     assert [c.command_id for c in response.commands] == ["dep-1"]
     assert [r.command.command_id for r in client.list_commands("run-7")] == [r.command.command_id for r in before]
+
+
+@pytest.fixture
+def small_answers(db) -> Iterator[ServerThread]:
+    """A server whose answers hold 8 KiB of commands (a 16 KiB message limit)."""
+    running = ServerThread(db, max_message_bytes=16 * 1024).start()
+    yield running
+    running.stop()
+
+
+def test_a_large_command_over_this_boundarys_budget_blocks_everything_after_it(small_answers):
+    """A fold the per-boundary budget holds back takes no room in the answer: a deploy queued after it goes
+    out at this boundary (the fold's size was checked first, and the answer counted as full)."""
+    with grpc.insecure_channel(small_answers.address) as channel, NarsetClient(small_answers.address) as client:
+        worker = worker_service_pb2_grpc.WorkerServiceStub(channel)
+        attached = worker.Attach(attach_request("run-7"))
+        limits = {"max_folds_per_boundary": 1, "max_live_scaffolds": 5, "max_scaffolds_per_region": 3}
+        two_held_scaffolds(client, worker, attached, **limits)
+        # 3 KB, 3 KB, then a 3.9 KB fold over the budget, which would not fit the 2 KB left, then a small deploy.
+        large = deploy("encoder.fc2", command_id="c")
+        large.reason = "r" * 3000
+        client.submit(large)
+        for scaffold_id, reason in (("a", "r" * 3000), ("b", "r" * 3900)):
+            fold = command_pb2.AdaptationCommand(job_id="run-7", command_id=f"fold-{scaffold_id}", reason=reason)
+            fold.fold.scaffold.scaffold_id, fold.fold.force = scaffold_id, True
+            client.submit(fold)
+        client.submit(deploy("decoder.fc2", command_id="d"))
+        answer = worker.ReportBoundary(report(attached, 3))
+        assert [c.command_id for c in answer.commands] == ["c", "fold-a", "d"]
+        states = {r.command.command_id: r.state for r in client.list_commands("run-7")}
+        assert states["fold-b"] == command_pb2.COMMAND_STATE_PENDING
+        assert states["d"] == command_pb2.COMMAND_STATE_DELIVERED
