@@ -8,7 +8,7 @@ or the width:
   times the mean for a positive mean; a job whose loss is negative is judged the same way), which
   cuts the alpha of every live scaffold to 0;
 * `Breakers.before_step` (an optimiser step pre-hook, O(seed parameters)) judges each live seed's
-  parameters and gradients with one fused norm per tensor: a non-finite one cuts that scaffold's
+  parameters and gradients with one fused max-norm per tensor: a non-finite one cuts that scaffold's
   alpha. It applies every cut (alpha is saved for the step's backward, also as an input of compiled
   graphs, so not before that has run), so the next forward already uses it. Then it replaces every
   non-finite entry of the seeds' parameters and gradients by 0, so the update never writes a NaN/Inf
@@ -223,14 +223,23 @@ class Breakers:
         if self._sharded:
             grads = self._local(grads)
         tensors = self._params + grads
-        finite = torch.stack(torch._foreach_norm(tensors)) <= NO_LIMIT
-        self._seed_alive.mul_(finite)
-        self._cut()
+        # The largest magnitude: finite iff the tensor is, and unlike the 2-norm it cannot overflow on large
+        # finite values (a GradScaler's scaled gradients).
+        finite = torch.stack(torch._foreach_norm(tensors, ord=math.inf)) <= NO_LIMIT
         if self._found_inf is not None:
             self._found_inf.logical_or_(finite.logical_not().any())
+            # A GradScaler hands a fused optimiser its still-scaled gradients and its own flag: an overflow
+            # there is the scaler's to skip (and rescale), not a seed's fault.
             self._theirs = getattr(self._optimizer, "found_inf", None)
-            # A GradScaler's own flag (set before the step) counts too.
-            self._optimizer.found_inf = self._found_inf if self._theirs is None else self._found_inf + self._theirs
+            if self._theirs is not None:
+                scaled = finite[len(self._params) :]
+                torch.logical_or(scaled, self._theirs > 0, out=scaled)
+                # The fused kernels skip on a flag of exactly 1: the larger of the two, not their sum.
+                self._optimizer.found_inf = torch.maximum(self._found_inf, self._theirs)
+            else:
+                self._optimizer.found_inf = self._found_inf
+        self._seed_alive.mul_(finite)
+        self._cut()
         for tensor in tensors:
             tensor.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 

@@ -182,6 +182,31 @@ def test_non_finite_seed_gradient_never_reaches_a_parameter():
     assert not worker.scaffolds
 
 
+def test_grad_scaler_overflow_on_a_fused_optimiser_is_no_seed_fault():
+    """Fused Adam under a GradScaler whose scale overflows the gradients: the scaler skips those steps and lowers
+    its scale, no seed is cut or pruned, and the seed trains once the scale fits."""
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    worker = KasminaWorker(model, optimizer, job="amp")
+    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, policy=schedule(warmup_ckpts=1, hold_ckpts=5)))
+    worker.checkpoint(step=0)
+    scaffold = worker.scaffolds["local-1"]
+    seed_b = scaffold.seed.b.detach().clone()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+    for step in range(40):
+        x, y = batch(step, (8, 12), 6)
+        loss = worker.step_loss(F.mse_loss(worker.model(x), y))
+        optimizer.zero_grad()
+        scaler.scale(loss * 1e4).backward()  # gradients above 2**127 / 1e4 overflow until the scale comes down
+        scaler.step(optimizer)
+        scaler.update()
+    assert scaler.get_scale() < 2.0**127  # the gradients overflowed and the scale was lowered
+    assert float(scaffold.alpha) == 0.5 and not torch.equal(scaffold.seed.b, seed_b)
+    summary = worker.checkpoint(step=40)
+    assert not summary.events and "local-1" in worker.scaffolds
+
+
 def test_loss_spike_cuts_every_live_scaffold():
     """A step loss far above the window mean cuts alpha at that step's optimiser step and prunes at the boundary."""
     model, optimizer, worker = _worker(config=WorkerConfig(breakers=BreakerConfig(spike_factor=5.0)))
