@@ -127,8 +127,7 @@ class CommandApplier:
             extra = body.extra_ckpts if body.HasField("extra_ckpts") else DEFAULT_EXTRA_CKPTS
             error = live.schedule.persist_error(extra)
             if error is not None:
-                code = reasons.INVALID_FIELD if extra < 1 else reasons.EXTENSION_LIMIT
-                raise Rejected(code, error.field, error.reason)
+                raise Rejected(error.code, error.field, error.reason)
             live.schedule.persist(extra)
             self.runtime.apply_schedule(live)
             return live.scaffold_id, f"ttl extended by {extra} to {live.schedule.state.ttl}"

@@ -27,8 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from narset.contract.rules import persist_error
-from narset.contract.scaffold_policy import FieldError
+from narset.contract.reasons import EXTENSION_LIMIT
+from narset.contract.rules import CodedFieldError, persist_error
 from narset.v1 import command_pb2, telemetry_pb2
 
 __all__ = ["AlphaSchedule", "ScheduleConfig", "ScheduleState"]
@@ -205,11 +205,13 @@ class AlphaSchedule:
     def resume(self) -> None:
         self.state.paused = False
 
-    def persist_error(self, extra: int) -> FieldError | None:
+    def persist_error(self, extra: int) -> CodedFieldError | None:
         """Why a PERSIST of `extra` boundaries is refused, or None when allowed."""
         c, st = self.config, self.state
         if not c.as_scaffold:
-            return FieldError("persist.scaffold", "a permanent (as_scaffold=false) deploy has no TTL to extend")
+            return CodedFieldError(
+                "persist.scaffold", "a permanent (as_scaffold=false) deploy has no TTL to extend", EXTENSION_LIMIT
+            )
         return persist_error(st.extensions, st.ttl, c.ttl, extra)
 
     def persist(self, extra: int) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
+from narset.contract import reasons
 from narset.contract.scaffold_policy import FieldError
 from narset.v1 import job_pb2, telemetry_pb2
 
@@ -24,6 +26,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SAFETY_FLAGS",
     "TTL_LIMIT_FACTOR",
+    "CodedFieldError",
     "blueprint_fit_errors",
     "blueprint_param_errors",
     "blueprint_param_values",
@@ -71,17 +74,30 @@ def ttl_limit(original_ttl: int) -> int:
     return TTL_LIMIT_FACTOR * original_ttl
 
 
-def persist_error(extensions: int, ttl: int, original_ttl: int, extra: int) -> FieldError | None:
-    """Why extending a scaffold's TTL (now `ttl`, `extensions` times extended) by `extra` is refused."""
+@dataclass(frozen=True, slots=True)
+class CodedFieldError(FieldError):
+    """A field a rule refuses, with the reason code (narset.contract.reasons) both planes refuse it under."""
+
+    code: str
+
+
+def persist_error(extensions: int, ttl: int, original_ttl: int, extra: int) -> CodedFieldError | None:
+    """Why extending a scaffold's TTL (now `ttl`, `extensions` times extended) by `extra` is refused: a bad
+    `extra` is INVALID_FIELD, one the scaffold's extensions so far leave no room for EXTENSION_LIMIT."""
     if extra < 1:
-        return FieldError("persist.extra_ckpts", f"must be >= 1, got {extra}")
+        return CodedFieldError("persist.extra_ckpts", f"must be >= 1, got {extra}", reasons.INVALID_FIELD)
     if extensions >= MAX_EXTENSIONS:
-        return FieldError("persist.scaffold", f"already extended {extensions} times (at most {MAX_EXTENSIONS})")
+        return CodedFieldError(
+            "persist.scaffold",
+            f"already extended {extensions} times (at most {MAX_EXTENSIONS})",
+            reasons.EXTENSION_LIMIT,
+        )
     limit = ttl_limit(original_ttl)
     if ttl + extra > limit:
-        return FieldError(
+        return CodedFieldError(
             "persist.extra_ckpts",
             f"TTL {ttl} + {extra} would exceed {TTL_LIMIT_FACTOR}x the original TTL ({limit})",
+            reasons.EXTENSION_LIMIT,
         )
     return None
 

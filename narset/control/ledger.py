@@ -376,8 +376,7 @@ class CommandLedger:
         extra = persist.extra_ckpts if persist.HasField("extra_ckpts") else DEFAULT_EXTRA_CKPTS
         error = persist_error(scaffold.extensions, scaffold.ttl_ckpts, scaffold.policy.ttl_ckpts, extra)
         if error is not None:
-            reason = reasons.INVALID_FIELD if extra < 1 else reasons.EXTENSION_LIMIT
-            raise Refusal(reason, error.field, f"scaffold '{scaffold.scaffold_id}': {error.reason}")
+            raise Refusal(error.code, error.field, f"scaffold '{scaffold.scaffold_id}': {error.reason}")
         persist.extra_ckpts = extra
 
     def _check_rollback(self, job: job_pb2.Job, scaffold: job_pb2.Scaffold) -> None:
