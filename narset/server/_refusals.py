@@ -55,13 +55,14 @@ def _violations(refusal: Refusal) -> list[error_details_pb2.BadRequest.FieldViol
     fitted, left = [], _VIOLATIONS_BUDGET
     for violation in refusal.violations:
         field = _fit(violation.field, SHOWN_CHARS)
-        line = f"{field}: {violation.reason}"
-        if fitted and _cost(line) > left:
+        # The reason fitted to what the field leaves of the message's budget: cut where the message's
+        # "field: reason" is cut, so the first description is the message's tail, whatever the field costs.
+        description = _fit(violation.reason, MESSAGE_BUDGET - _cost(field) - 2)
+        cost = _cost(field) + _cost(description)
+        if fitted and cost > left:
             break  # the message still names it
-        # Fitted like the message's "field: reason", so the first description is the message's tail.
-        description = _fit(line, MESSAGE_BUDGET)[len(field) + 2 :]
         fitted.append(error_details_pb2.BadRequest.FieldViolation(field=field, description=description))
-        left -= _cost(line)
+        left -= cost
     return fitted
 
 

@@ -171,3 +171,17 @@ def test_a_refusal_crosses_a_process_boundary_intact(client):
         refused.value.field,
     )
     assert copy.reason and str(copy) == str(refused.value)
+
+
+def test_refusal_field_descriptions_can_come_out_empty_or_garbled(worker_stub, attached):
+    """A report refused at a 200-character non-ASCII metric name: the field is cut to its budget and the
+    description is the whole reason, neither empty nor holding part of the field."""
+    request = worker_service_pb2.ReportBoundaryRequest(
+        job_id="run-7", session_id=attached.session_id, boundary=1, step=10, metrics={"é" * 200: float("nan")}
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        worker_stub.ReportBoundary(request)
+    field = "report.metrics[" + "é" * 30 + "..."  # 200 bytes as gRPC encodes it: 15 + 30 x 6 + 3
+    [violation] = assert_refusal(refused.value, grpc.StatusCode.INVALID_ARGUMENT, reasons.INVALID_FIELD, field)
+    assert violation.description == "must be finite, got nan"
+    assert refused.value.details() == f"{field}: must be finite, got nan"
