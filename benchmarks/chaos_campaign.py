@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
 import sys
 import tempfile
 import threading
@@ -36,7 +35,7 @@ import grpc
 from kasmina_worker.link.narset_transport import NarsetTransport
 from narset.client import NarsetClient, NarsetError
 from narset.contract import reasons
-from narset.server.launch import ServeProcess
+from narset.server.launch import ServeProcess, free_port
 from narset.server.logs import configure_logging
 from narset.v1 import command_pb2, job_pb2, telemetry_pb2, worker_service_pb2
 
@@ -77,18 +76,12 @@ class Figures:
         return self.lost + self.applied_twice + self.out_of_order
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Server:
     """`narset serve` on one address across kills, on one database."""
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
-        self.address = f"127.0.0.1:{_free_port()}"
+        self.address = f"127.0.0.1:{free_port()}"
         self.process = self._start()
         self.kills = 0
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["ServeProcess"]
+__all__ = ["ServeProcess", "free_port"]
+
+
+def free_port() -> int:
+    """A loopback port free now (another process may take it before it is bound: be ready to try again)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class ServeProcess:

@@ -14,12 +14,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from narset.server.launch import free_port
 
 __all__ = ["PostgresServer", "PostgresUnavailable", "find_binaries"]
 
@@ -47,12 +48,6 @@ def find_binaries() -> Path:
         "no PostgreSQL server binaries (initdb, postgres) on the PATH, in $NARSET_PG_BIN or in "
         "/usr/lib/postgresql/*/bin; install Debian's `postgresql` package"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _run_as() -> dict:
@@ -95,7 +90,7 @@ class PostgresServer:
                 settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
             self.log_path = self.folder / "postgres.log"
             for _ in range(5):  # a free port can be taken between the probe and the bind: try another
-                self.port = _free_port()
+                self.port = free_port()
                 argv = [str(binaries / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.folder)]
                 argv += ["-c", "listen_addresses=127.0.0.1", *settings]
                 with open(self.log_path, "ab") as log:

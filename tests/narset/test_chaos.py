@@ -4,7 +4,6 @@ is killed with SIGKILL at random points and restarted on the same database (issu
 from __future__ import annotations
 
 import importlib
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +12,10 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.mark.slow
-def test_kill_9_loses_no_command_and_applies_none_twice_or_out_of_order(tmp_path: Path):
+def test_kill_9_loses_no_command_and_applies_none_twice_or_out_of_order(tmp_path: Path, monkeypatch):
     """Every acknowledged command is applied by its job exactly once and in submission order, across at
     least 8 kills of the server; the ledger a fresh server reads back agrees."""
-    sys.path.insert(0, str(BENCHMARKS))  # benchmarks/ is no package
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # benchmarks/ is no package
     figures = importlib.import_module("chaos_campaign").run(jobs=20, commands=1000, workdir=tmp_path, kills=8)
     assert (figures.jobs, figures.commands, figures.acknowledged) == (20, 1000, 1000)
     assert figures.kills >= 8 and figures.failed_exchanges > 0  # the kills cut exchanges off

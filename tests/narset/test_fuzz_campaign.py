@@ -4,7 +4,6 @@ live `narset serve`), and regression tests for the defects it found."""
 from __future__ import annotations
 
 import importlib
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -23,15 +22,17 @@ CI_CASES = 2_000
 RSS_BOUND_MIB = 300
 
 
-def _campaign() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # benchmarks/ is no package; the campaign imports its siblings
+@pytest.fixture
+def campaign(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """benchmarks/fuzz_campaign.py, importable for the test only (benchmarks/ is no package; the campaign
+    imports its siblings)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     return importlib.import_module("fuzz_campaign")
 
 
-def test_two_thousand_hostile_requests_break_nothing(tmp_path: Path):
+def test_two_thousand_hostile_requests_break_nothing(tmp_path: Path, campaign: ModuleType):
     """Random bytes and mutated requests to every method: no UNKNOWN or INTERNAL, every refusal a Narset
     reason, no refused request changes a table, the server stays up in bounded memory."""
-    campaign = _campaign()
     figures = campaign.run(CI_CASES, tmp_path)
     assert figures.cases >= CI_CASES and len(figures.methods) == len(campaign.METHODS)
     assert (figures.unknown, figures.internal, figures.unexplained, figures.crashes) == (0, 0, 0, 0)
