@@ -13,6 +13,10 @@ refused request every table but the audit log (which records refusals, by design
 before; an accepted one becomes the new state. The server must stay up, and its peak resident
 memory is reported. Prints the figures (or JSON with --json); a violation ends the run with the
 shrunk request that caused it (exit status 1).
+
+With --tokens, Narset runs with bearer tokens (an admin, a viewer, a worker of one job, an operator of
+the other) and each case is sent with one of them, an unknown token or none: the identity refusals
+(UNAUTHENTICATED, PERMISSION_DENIED) must carry their reasons and change nothing either.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from narset.contract.limits import MAX_MESSAGE_BYTES
 from narset.contract.reasons import REASONS, read_reason
+from narset.control.credentials import digest
 from narset.server.launch import ServeProcess
 from narset.v1 import (
     command_pb2,
@@ -56,8 +62,16 @@ SERVICES = (
     operator_service_pb2.DESCRIPTOR.services_by_name["OperatorService"],
 )
 METHODS = {f"/{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
-MESSAGE_LIMIT = 4 * 1024 * 1024  # `narset serve`'s default max_message_bytes
 JOBS = ("fuzz-a", "fuzz-b")
+# Identities of the --tokens mode, each "<name>-token": (role, job patterns).
+PEOPLE = {
+    "root": ("admin", ("*",)),
+    "val": ("viewer", ("*",)),
+    "launcher-a": ("worker", ("fuzz-a",)),
+    "ops-b": ("operator", ("fuzz-b",)),
+}
+# Who a case is sent as: mostly the admin (so that requests reach Narset's logic), else anyone.
+CALLERS = ("root", "root", "root", "val", "launcher-a", "ops-b", "stranger", None)
 # Tables a refused request may write: the audit log records every refused mutating call.
 AUDITED = frozenset({"audit"})
 _F = FieldDescriptor
@@ -131,9 +145,11 @@ class Figures:
 class Campaign:
     """A live `narset serve` with two attached jobs, and the oracle every fuzz case is checked by."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tokens: bool = False) -> None:
         self.db_path = workdir / "narset.db"
-        self.server = ServeProcess(self.db_path, log_level="error")
+        self.tokens = tokens
+        config = _token_settings(workdir / "narset.toml") if tokens else None
+        self.server = ServeProcess(self.db_path, log_level="error", config=config)
         self.channel = grpc.insecure_channel(
             self.server.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         )
@@ -150,14 +166,18 @@ class Campaign:
         self.channel.close()
         self.server.kill()
 
-    def call(self, method: str, payload: bytes) -> tuple[grpc.StatusCode, grpc.RpcError | None, bytes]:
-        """Send `payload` as the request of `method`; (status, the error if any, the raw answer)."""
+    def call(
+        self, method: str, payload: bytes, caller: str | None = "root"
+    ) -> tuple[grpc.StatusCode, grpc.RpcError | None, bytes]:
+        """Send `payload` as the request of `method`, as `caller` (with --tokens); (status, the error if any,
+        the raw answer)."""
         descriptor = METHODS[method]
+        metadata = (("authorization", f"Bearer {caller}-token"),) if self.tokens and caller else ()
         try:
             if descriptor.server_streaming:
-                answer = b"".join(self.channel.unary_stream(method)(payload, timeout=30))
+                answer = b"".join(self.channel.unary_stream(method)(payload, timeout=30, metadata=metadata))
             else:
-                answer = self.channel.unary_unary(method)(payload, timeout=30)
+                answer = self.channel.unary_unary(method)(payload, timeout=30, metadata=metadata)
         except grpc.RpcError as error:
             return error.code(), error, b""
         return grpc.StatusCode.OK, None, answer
@@ -237,11 +257,11 @@ class Campaign:
                 digest.update(row.encode())
         return digest.hexdigest()
 
-    def check(self, method: str, payload: bytes, request: Message | None) -> None:
+    def check(self, method: str, payload: bytes, request: Message | None, caller: str | None = "root") -> None:
         """Send one case and hold the server to the campaign's properties; AssertionError on a violation."""
         figures = self.figures
         before = self.digest()
-        code, error, answer = self.call(method, payload)
+        code, error, answer = self.call(method, payload, caller)
         figures.cases += 1
         figures.methods[METHODS[method].name] += 1
         figures.statuses[code.name] += 1
@@ -257,7 +277,7 @@ class Campaign:
             reason, _ = read_reason(rpc_status.from_call(error))
         except ValueError:  # details of another code: the client replaced the status (e.g. trailers too big)
             reason = ""
-        over_limit = code == grpc.StatusCode.RESOURCE_EXHAUSTED and len(payload) > MESSAGE_LIMIT
+        over_limit = code == grpc.StatusCode.RESOURCE_EXHAUSTED and len(payload) > MAX_MESSAGE_BYTES
         if code == grpc.StatusCode.UNKNOWN:
             figures.unknown += 1
         elif code == grpc.StatusCode.INTERNAL:
@@ -349,23 +369,37 @@ def _fill_map(draw, campaign: Campaign, descriptor: FieldDescriptor, target, cou
         target.update({f"k{i}": value for i in range(count)})
 
 
+def _token_settings(path: Path) -> Path:
+    """A narset.toml accepting PEOPLE's tokens."""
+    entries = [
+        f'[[tokens]]\nname = "{name}"\nrole = "{role}"\njobs = {json.dumps(jobs)}\n'
+        f'sha256 = "{digest(f"{name}-token")}"\n'
+        for name, (role, jobs) in PEOPLE.items()
+    ]
+    path.write_text("\n".join(entries))
+    return path
+
+
 @st.composite
-def cases(draw, campaign: Campaign) -> tuple[str, bytes, Message | None]:
-    """(method, request bytes, the request if it is a message): random bytes or a mutated valid request."""
+def cases(draw, campaign: Campaign) -> tuple[str, bytes, Message | None, str | None]:
+    """(method, request bytes, the request if it is a message, the caller): random bytes or a mutated
+    valid request, from a caller drawn among CALLERS with --tokens."""
     method = draw(st.sampled_from(sorted(METHODS)))
+    caller = draw(st.sampled_from(CALLERS)) if campaign.tokens else None
     if draw(st.integers(0, 3)) == 0:
-        return method, draw(st.binary(max_size=512)), None
+        return method, draw(st.binary(max_size=512)), None, caller
     request = campaign.valid_request(method, draw(st.sampled_from(JOBS)))
     for _ in range(draw(st.integers(1, 3))):
         _mutate(draw, campaign, request)
     if METHODS[method].name == "WatchEvents":
         request.follow = False  # a following stream never ends by design; the replay is what is fuzzed
-    return method, request.SerializeToString(), request
+    return method, request.SerializeToString(), request, caller
 
 
-def run(cases_wanted: int, workdir: Path, seed: int | None = None) -> Figures:
-    """Run `cases_wanted` cases (derandomized unless `seed` is given) and return the figures."""
-    campaign = Campaign(workdir)
+def run(cases_wanted: int, workdir: Path, seed: int | None = None, tokens: bool = False) -> Figures:
+    """Run `cases_wanted` cases (derandomized unless `seed` is given; with bearer tokens if `tokens`) and
+    return the figures."""
+    campaign = Campaign(workdir, tokens)
     started = time.monotonic()
 
     @settings(
@@ -377,13 +411,13 @@ def run(cases_wanted: int, workdir: Path, seed: int | None = None) -> Figures:
         suppress_health_check=list(HealthCheck),
     )
     @given(case=cases(campaign))
-    def one(case: tuple[str, bytes, Message | None]) -> None:
-        method, payload, request = case
+    def one(case: tuple[str, bytes, Message | None, str | None]) -> None:
+        method, payload, request, caller = case
         if request is None:
             campaign.figures.random_bytes += 1
         else:
             campaign.figures.mutated += 1
-        campaign.check(method, payload, request)
+        campaign.check(method, payload, request, caller)
 
     try:
         (one if seed is None else hypothesis_seed(seed)(one))()
@@ -401,10 +435,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=None, help="a random seed (default: derandomized)")
+    parser.add_argument("--tokens", action="store_true", help="Narset with bearer tokens; cases from any caller")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        figures = run(args.cases, Path(tmp), args.seed)  # a violation raises, with hypothesis's shrunk case
+        # A violation raises, with hypothesis's shrunk case.
+        figures = run(args.cases, Path(tmp), args.seed, args.tokens)
     if args.json:
         print(json.dumps(asdict(figures) | {"violations": figures.violations}))
         return 0

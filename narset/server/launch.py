@@ -24,6 +24,7 @@ class ServeProcess:
 
     `db_path`: the SQLite file, or a postgresql:// URL; with a URL, `files` names the log and
     address files (`<files>.log`, `<files>.address`), which otherwise sit beside the SQLite file.
+    `config`: a TOML settings file (`narset serve --config`), e.g. with tokens.
     """
 
     def __init__(
@@ -34,6 +35,7 @@ class ServeProcess:
         timeout_s: float = 60.0,
         address: str = "127.0.0.1:0",
         files: Path | None = None,
+        config: Path | None = None,
     ) -> None:
         if files is None:
             if not isinstance(db_path, Path):
@@ -44,6 +46,7 @@ class ServeProcess:
         ready.unlink(missing_ok=True)
         argv = [sys.executable, "-m", "narset", "serve", "--address", address, "--db", str(db_path)]
         argv += ["--grace", str(grace_s), "--log-level", log_level, "--ready-file", str(ready)]
+        argv += ["--config", str(config)] if config is not None else []
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout_s

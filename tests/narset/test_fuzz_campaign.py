@@ -43,6 +43,16 @@ def test_two_thousand_hostile_requests_break_nothing(tmp_path: Path, campaign: M
     assert figures.rss_peak_mib < RSS_BOUND_MIB, figures
 
 
+def test_a_thousand_requests_from_any_caller_break_nothing(tmp_path: Path, campaign: ModuleType):
+    """With bearer tokens, cases from an admin, a viewer, a worker of one job, an operator of the other, an
+    unknown token and none: every identity refusal carries its reason, and none changes a table."""
+    figures = campaign.run(CI_CASES // 2, tmp_path, tokens=True)
+    assert figures.violations == 0, figures
+    assert figures.statuses["UNAUTHENTICATED"] > CI_CASES // 20
+    assert figures.statuses["PERMISSION_DENIED"] > CI_CASES // 20
+    assert figures.statuses["OK"] > CI_CASES // 50
+
+
 @pytest.mark.parametrize("char", ["é", "😀", "\x1b"], ids=["2-byte", "4-byte", "control"])
 def test_refusal_trailers_over_the_clients_metadata_limit(operator_stub, attached, char):
     """A refusal echoing 4096 non-ASCII characters reaches the client: gRPC percent-encodes each byte of the
