@@ -6,6 +6,7 @@ inside one store transaction with its audit entry) with the caller authenticated
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
@@ -28,6 +29,7 @@ from narset.v1 import operator_service_pb2 as pb
 __all__ = ["OperatorService"]
 
 AUDIT_PAGE = 1000  # entries a ListAudit answers when it names no limit, and the most it answers
+_SEQUENCE_TOKEN = re.compile(r"[0-9]{1,18}")  # a ledger sequence: a signed 64-bit integer in both stores
 M = TypeVar("M", bound=Message)
 
 
@@ -119,14 +121,15 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
         self, request: pb.ListCommandsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCommandsResponse:
         job = self._job(request.job_id)
-        # The token counts the commands listed before: a job's ledger only grows, in this order.
-        if request.page_token and not request.page_token.isdecimal():
+        # The token is the ledger sequence of the last command listed: a command keeps its sequence, so
+        # one that changes state between pages (PENDING -> DELIVERED -> APPLIED) neither moves the next
+        # page of a list filtered by state nor comes back on it.
+        if request.page_token and not _SEQUENCE_TOKEN.fullmatch(request.page_token):
             raise Refusal(reasons.INVALID_FIELD, "page_token", "is not a token ListCommands gave")
-        start = int(request.page_token or 0)
-        commands = self._store.list_commands(job.job_id, request.states)[start:]
-        page = _page(commands, self._page_bytes)
-        more = len(page) < len(commands)
-        return pb.ListCommandsResponse(commands=page, next_page_token=str(start + len(page)) if more else "")
+        after = self._store.commands_after(job.job_id, int(request.page_token or 0), request.states)
+        page = _page([record for _, record in after], self._page_bytes)
+        more = len(page) < len(after)
+        return pb.ListCommandsResponse(commands=page, next_page_token=str(after[len(page) - 1][0]) if more else "")
 
     def ListDecisions(
         self, request: pb.ListDecisionsRequest, context: grpc.aio.ServicerContext

@@ -91,6 +91,7 @@ class PostgresStore(Store):
     """The repository on a PostgreSQL database shared by every replica; one connection per process."""
 
     shared = True
+    _BYTE_ORDER = ' COLLATE "C"'  # the database's default collation may be a language's (initdb --locale)
 
     def __init__(self, url: str) -> None:
         super().__init__(None, url)

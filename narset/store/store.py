@@ -47,6 +47,9 @@ class Store:
     # Whether other processes write the same database (replicas on PostgreSQL): then a change can
     # come from elsewhere at any time, and whoever waits for one must also look for it (`EventHub`).
     shared = False
+    # What makes an ORDER BY on text compare bytes, as SQLite's default BINARY collation and Python's
+    # `<` on str (code points, in UTF-8's byte order) do: a dialect whose default order differs says so.
+    _BYTE_ORDER = ""
 
     def __init__(self, connection: sqlite3.Connection, path: str) -> None:
         self._db = connection
@@ -169,7 +172,8 @@ class Store:
         return job
 
     def list_jobs(self) -> list[job_pb2.Job]:
-        jobs = self._all(job_pb2.Job, "SELECT body FROM jobs ORDER BY job_id")
+        """Every job, by job id in byte order (the order ListJobs compares its page tokens in)."""
+        jobs = self._all(job_pb2.Job, f"SELECT body FROM jobs ORDER BY job_id{self._BYTE_ORDER}")
         for job in jobs:
             job.ClearField("session_id")
         return jobs
@@ -253,11 +257,20 @@ class Store:
         )
 
     def list_commands(self, job_id: str, states: Iterable[int] = ()) -> list[command_pb2.CommandRecord]:
+        """The job's commands in `states` (every state for none), in ledger order."""
+        return [record for _, record in self.commands_after(job_id, 0, states)]
+
+    def commands_after(
+        self, job_id: str, sequence: int, states: Iterable[int] = ()
+    ) -> list[tuple[int, command_pb2.CommandRecord]]:
+        """(ledger sequence, record) of the job's commands in `states` (every state for none) after
+        `sequence`, in ledger order. Sequences start at 1; a command keeps its sequence for good."""
         states = sorted(set(states))
         where = f" AND state IN {_in(states)}" if states else ""
-        return self._all(
-            command_pb2.CommandRecord, f"SELECT body FROM commands WHERE job_id = ?{where} ORDER BY seq", (job_id,)
+        rows = self._execute(
+            f"SELECT seq, body FROM commands WHERE job_id = ? AND seq > ?{where} ORDER BY seq", (job_id, sequence)
         )
+        return [(seq, command_pb2.CommandRecord.FromString(body)) for seq, body in rows.fetchall()]
 
     # scaffolds ----------------------------------------------------------------------------------
 
