@@ -9,6 +9,7 @@ The token and TLS files come from the arguments, else the environment (`narset.c
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from types import TracebackType
 
@@ -17,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from narset.contract.connection import Connection
-from narset.contract.reasons import read_reason
+from narset.contract.reasons import STORE_UNAVAILABLE, read_reason
 from narset.v1 import command_pb2, job_pb2, operator_service_pb2_grpc, telemetry_pb2
 from narset.v1 import operator_service_pb2 as pb
 
@@ -25,6 +26,9 @@ __all__ = ["DEFAULT_ADDRESS", "NarsetClient", "NarsetError", "resolve_address"]
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "NARSET_SERVER"
+# A call answered STORE_UNAVAILABLE changed nothing, so any call is made again, after each of these
+# pauses in turn (by then a lock may be free, or the balancer has picked another replica).
+STORE_RETRY_PAUSES_S = (0.1, 0.2, 0.4)
 
 
 def resolve_address(address: str | None) -> str:
@@ -79,10 +83,15 @@ class NarsetClient:
         self.close()
 
     def _call(self, method: str, request):
-        try:
-            return getattr(self._stub, method)(request, timeout=self.timeout_s, metadata=self._metadata)
-        except grpc.RpcError as error:
-            raise NarsetError.from_rpc(error) from None
+        for pause in (*STORE_RETRY_PAUSES_S, None):
+            try:
+                return getattr(self._stub, method)(request, timeout=self.timeout_s, metadata=self._metadata)
+            except grpc.RpcError as error:
+                failed = NarsetError.from_rpc(error)
+            if failed.reason != STORE_UNAVAILABLE or pause is None:
+                raise failed
+            time.sleep(pause)
+        raise AssertionError("unreachable")
 
     def _pages(self, method: str, request, field: str) -> list:
         """Every entry of a paged list: the pages Narset answers, each within the message limit."""

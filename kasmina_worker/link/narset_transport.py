@@ -13,7 +13,7 @@ import structlog
 
 from kasmina_worker.link.worker_link import LinkError, WorkerLink
 from narset.contract.limits import fit_to_ranges
-from narset.contract.reasons import JOB_NOT_FOUND, SESSION_SUPERSEDED
+from narset.contract.reasons import JOB_NOT_FOUND, SESSION_SUPERSEDED, STORE_UNAVAILABLE
 from narset.v1 import command_pb2, telemetry_pb2, worker_service_pb2
 
 __all__ = ["NarsetTransport"]
@@ -110,9 +110,12 @@ class NarsetTransport:
             self.last_error = error
             self._held_results = list(outgoing.results)
             self._held_exits = [s for s in outgoing.scaffolds if s.stage in _ENDED]
-            if not error.refused:
+            if not error.refused and error.reason != STORE_UNAVAILABLE:
                 # Narset may come back restarted or on a fresh store: register again before reporting.
                 self.session_id = None
+            # A report answered STORE_UNAVAILABLE changed nothing and Narset still holds the session: the
+            # next boundary's report, with these results, is its retry (not this one again, which would
+            # stall training for a second wait).
             log.warning("narset_exchange_failed", job=report.job_id, boundary=report.boundary, error=str(error))
             return []
         self.last_error = None

@@ -44,6 +44,7 @@ __all__ = [
     "SCAFFOLD_PENDING",
     "SESSION_OF_ANOTHER_JOB",
     "SESSION_SUPERSEDED",
+    "STORE_UNAVAILABLE",
     "TOKEN_INVALID",
     "TOKEN_MISSING",
     "read_reason",
@@ -79,6 +80,8 @@ GATE_FAILING = "GATE_FAILING"
 # RESOURCE_EXHAUSTED
 BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
 ANSWER_TOO_LARGE = "ANSWER_TOO_LARGE"
+# UNAVAILABLE: the call changed nothing and may be made again, here or on another replica.
+STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 # UNAUTHENTICATED: the call carries no token, or one Narset does not know (nor a client certificate it maps).
 TOKEN_MISSING = "TOKEN_MISSING"
 TOKEN_INVALID = "TOKEN_INVALID"
@@ -114,6 +117,7 @@ REASONS = (
     GATE_FAILING,
     BUDGET_EXCEEDED,
     ANSWER_TOO_LARGE,
+    STORE_UNAVAILABLE,
     TOKEN_MISSING,
     TOKEN_INVALID,
     CERTIFICATE_UNKNOWN,

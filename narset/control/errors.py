@@ -37,6 +37,7 @@ STATUS_OF_REASON = {
     reasons.GATE_FAILING: grpc.StatusCode.FAILED_PRECONDITION,
     reasons.BUDGET_EXCEEDED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     reasons.ANSWER_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    reasons.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     reasons.TOKEN_MISSING: grpc.StatusCode.UNAUTHENTICATED,
     reasons.TOKEN_INVALID: grpc.StatusCode.UNAUTHENTICATED,
     reasons.CERTIFICATE_UNKNOWN: grpc.StatusCode.UNAUTHENTICATED,

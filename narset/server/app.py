@@ -76,9 +76,11 @@ class NarsetServer:
         if exposed is not None:
             raise InsecureBindError(exposed)
         credentials = _credentials(self.settings)
-        store = open_store(self.settings.db_path, self.settings.sqlite_synchronous)
+        store = open_store(
+            self.settings.db_path, self.settings.sqlite_synchronous, self.settings.postgres_lock_timeout_s
+        )
         with store.transaction():
-            for blueprint in BUILTIN_BLUEPRINTS:
+            for blueprint in sorted(BUILTIN_BLUEPRINTS, key=lambda b: b.name):  # the store's one lock order
                 store.put_blueprint(blueprint)
         events = EventHub(store)
         metrics = Metrics()

@@ -8,8 +8,9 @@ reason MALFORMED_REQUEST, not UNKNOWN), checks every field against the documente
 and its job patterns the job, and runs the method. A mutating method runs inside one store
 transaction together with its audit entry, so the change and its record commit or vanish together.
 An answer over the message limit is refused (ANSWER_TOO_LARGE), a mutating call's inside its
-transaction. A `Refusal` becomes its status (and an audit entry, for a mutating call or an identity refusal);
-anything else is INTERNAL with a generic message, logged with its traceback and the method.
+transaction. A `Refusal` becomes its status (and an audit entry, for a mutating call or an identity refusal),
+and so does a store failure that passes (`StoreUnavailable`: UNAVAILABLE, STORE_UNAVAILABLE, nothing
+changed); anything else is INTERNAL with a generic message, logged with its traceback and the method.
 Each call is timed and counted by status code, each refusal by reason (`narset.server.metrics`).
 
 The services' unary methods are synchronous: nothing can interleave inside their transaction.
@@ -36,7 +37,7 @@ from narset.server._refusals import abort_refused
 from narset.server.audit import MUTATING, AuditedCall, decision_entries, entry
 from narset.server.identity import CALLER, Authority
 from narset.server.metrics import Metrics
-from narset.store import Store
+from narset.store import Store, StoreUnavailable
 from narset.v1 import operator_service_pb2, worker_service_pb2
 
 __all__ = ["INTERNAL_MESSAGE", "SERVICES", "Guard"]
@@ -77,6 +78,16 @@ def _checked_request(method: MethodDescriptor, raw: bytes, command_limit: int) -
     if error is not None:
         raise Refusal(reasons.INVALID_FIELD, error.field, error.reason)
     return request
+
+
+def _refusal(error: Refusal | StoreUnavailable) -> Refusal:
+    """`error` as the refusal the call is answered with."""
+    if isinstance(error, Refusal):
+        return error
+    # The store rolled the call's transaction back: the same call may be made again, here or elsewhere.
+    return Refusal(
+        reasons.STORE_UNAVAILABLE, "request", f"the store could not complete the call now ({error}); nothing changed"
+    )
 
 
 def _job_of(method: MethodDescriptor, request: Message) -> tuple[str, str] | None:
@@ -184,7 +195,8 @@ class Guard(grpc.aio.ServerInterceptor):
             started, code = time.perf_counter(), grpc.StatusCode.OK
             try:
                 return self._run(call, behavior, self._admit(call, method, raw, context), context)
-            except Refusal as refusal:
+            except (Refusal, StoreUnavailable) as error:
+                refusal = _refusal(error)
                 # Counted before the abort: the status reaches the client as the abort is awaited.
                 self._metrics.rpc_done(method.name, refusal.status, time.perf_counter() - started)
                 code = None
@@ -209,7 +221,8 @@ class Guard(grpc.aio.ServerInterceptor):
             try:
                 async for response in behavior(self._admit(call, method, raw, context), context):
                     yield self._fitting(response)
-            except Refusal as refusal:
+            except (Refusal, StoreUnavailable) as error:
+                refusal = _refusal(error)
                 # Counted before the abort: the status reaches the client as the abort is awaited.
                 self._metrics.rpc_done(method.name, refusal.status, time.perf_counter() - started)
                 code = None

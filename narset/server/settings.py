@@ -15,7 +15,7 @@ from pydantic_settings import (
 )
 
 from narset.contract.limits import MAX_MESSAGE_BYTES
-from narset.store import is_postgres_url
+from narset.store import LOCK_TIMEOUT_S, is_postgres_url
 
 __all__ = [
     "RESERVED_PRINCIPALS",
@@ -76,6 +76,13 @@ class ServerSettings(BaseSettings):
     )
     sqlite_synchronous: Literal["normal", "full"] = Field(
         "normal", description="normal: survives kill -9; full: also power loss, an fsync per commit"
+    )
+    postgres_lock_timeout_s: float = Field(
+        LOCK_TIMEOUT_S,
+        gt=0,
+        le=60,
+        description="PostgreSQL: the longest a call waits for a lock (lock_timeout), the replica with it, health "
+        "checks included; then the call answers UNAVAILABLE (STORE_UNAVAILABLE), nothing changed",
     )
     grace_s: float = Field(5.0, gt=0, description="seconds in-flight RPCs get to finish at shutdown")
     max_message_bytes: int = Field(

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from narset.store.store import Store
+from narset.store.store import LOCK_TIMEOUT_S, Store, StoreUnavailable
 
-__all__ = ["POSTGRES_SCHEMES", "DriverMissing", "Store", "is_postgres_url", "open_store"]
+__all__ = [
+    "LOCK_TIMEOUT_S",
+    "POSTGRES_SCHEMES",
+    "DriverMissing",
+    "Store",
+    "StoreUnavailable",
+    "is_postgres_url",
+    "open_store",
+]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -20,9 +28,10 @@ def is_postgres_url(location: str | Path) -> bool:
     return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
 
 
-def open_store(location: str | Path, synchronous: str = "normal") -> Store:
+def open_store(location: str | Path, synchronous: str = "normal", lock_timeout_s: float = LOCK_TIMEOUT_S) -> Store:
     """Open and migrate the store at `location`: a `postgresql://` URL, or an SQLite file (`synchronous`
-    applies to SQLite only). psycopg is imported here, for a URL, and nowhere else."""
+    applies to SQLite only, `lock_timeout_s` to PostgreSQL only). psycopg is imported here, for a URL,
+    and nowhere else."""
     if is_postgres_url(location):
         try:
             from narset.store.postgres import PostgresStore
@@ -32,5 +41,5 @@ def open_store(location: str | Path, synchronous: str = "normal") -> Store:
             raise DriverMissing(
                 "a postgresql:// store needs psycopg 3: pip install 'narset-kasmina[postgres]'"
             ) from missing
-        return PostgresStore.open(str(location))
+        return PostgresStore.open(str(location), lock_timeout_s)
     return Store.open(location, synchronous)

@@ -23,13 +23,24 @@ Appends to the two logs that readers page through by sequence (events, read by `
 the audit log) take one more lock, global, at their first append in a transaction: sequence numbers
 are drawn when a row is inserted but become visible when its transaction commits, and two
 transactions committing out of order would let a reader that is past the later one skip the
-earlier one for ever. Under the lock, sequence order is commit order. Locks are taken in one order
-(the job's, then the global one, then nothing), so no two transactions wait on each other.
+earlier one for ever. Under the lock, sequence order is commit order.
 
-Every session sets `lock_timeout` (a lock wait ends in an error rather than hanging a replica) and
-`idle_in_transaction_session_timeout` (a replica that stops mid-transaction, paused or cut off, has
-its transaction ended and its locks released by the server). A broken connection is reopened at the
-next transaction; the call that saw it fails and its client retries.
+Locks are taken in one order, so no two transactions wait on each other: the job's advisory lock,
+then row locks, then the global append lock. Row locks fall on the job's own rows, except in the
+one table all jobs share, blueprints, whose rows are upserted in name order: a job's own blueprints
+(`<job id>\\x1f<name>`, under the job's lock) at attach, the built-ins (no job's) at start-up, which
+replicas starting together take in the same order.
+
+**Failures that pass.** Every session sets `lock_timeout` (`LOCK_TIMEOUT_S` unless configured: a
+replica waits for a lock on its event loop, health checks included, so a lock wait ends in an error
+after a few seconds rather than hanging the replica) and `idle_in_transaction_session_timeout` (a
+replica that stops mid-transaction, paused or cut off, has its transaction ended and its locks
+released by the server). A lock wait past the timeout, a deadlock, a lost connection, a server
+shutting down or failing over end the statement with an error that passes: the transaction is rolled
+back and the store raises `StoreUnavailable`, which the server answers UNAVAILABLE (STORE_UNAVAILABLE),
+nothing changed, for the client to call again. A connection lost at COMMIT is the exception: the
+commit may have happened, so that error is not StoreUnavailable (the call fails INTERNAL). A broken
+connection is reopened at the next transaction.
 
 Schema versions are rows of `narset_schema`, migrated at open under an advisory lock, so replicas
 starting together migrate once. PostgreSQL text cannot hold NUL: a NUL in a text parameter (only
@@ -48,15 +59,19 @@ import structlog
 from psycopg.pq import TransactionStatus
 
 from narset.store.migrations import POSTGRES_MIGRATIONS
-from narset.store.store import Store
+from narset.store.store import LOCK_TIMEOUT_S, Store, StoreUnavailable
 from narset.v1 import job_pb2, operator_service_pb2
 
 __all__ = ["PostgresStore", "job_lock_key", "shown_url"]
 
 log = structlog.get_logger("narset.store")
 
-LOCK_TIMEOUT = "30s"  # the longest a statement waits for a lock; then the call fails and is retried
 IDLE_IN_TRANSACTION_TIMEOUT = "15s"  # Narset's transactions never idle: one that does has stopped
+# SQLSTATE classes of errors that pass, after which the server has ended the statement and Narset rolls
+# the transaction back: connection exception, transaction rollback (deadlock, serialization failure),
+# insufficient resources, operator intervention (shutdown, cancel); and a lock wait past lock_timeout.
+_PASSING_CLASSES = ("08", "40", "53", "57")
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 def _lock_key(name: str) -> int:
@@ -93,17 +108,20 @@ class PostgresStore(Store):
     shared = True
     _BYTE_ORDER = ' COLLATE "C"'  # the database's default collation may be a language's (initdb --locale)
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        if not lock_timeout_s > 0:
+            raise ValueError(f"lock_timeout_s must be > 0, got {lock_timeout_s}")
         super().__init__(None, url)
         self._url = url
+        self._lock_timeout_ms = max(1, round(lock_timeout_s * 1000))
         self._queries: dict[str, str] = {}
         self._appending = False  # the global append lock is held by the open transaction
         self._db = self._connect()
 
     @classmethod
-    def open(cls, url: str) -> PostgresStore:  # type: ignore[override]
+    def open(cls, url: str, lock_timeout_s: float = LOCK_TIMEOUT_S) -> PostgresStore:  # type: ignore[override]
         """Connect to the database at `url` and migrate its schema."""
-        return cls(url)._migrated()
+        return cls(url, lock_timeout_s)._migrated()
 
     @property
     def shown(self) -> str:
@@ -113,7 +131,7 @@ class PostgresStore(Store):
         settings = psycopg.conninfo.conninfo_to_dict(self._url)
         extra = {} if "application_name" in settings else {"application_name": "narset"}
         db = psycopg.connect(self._url, autocommit=True, **extra)
-        db.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+        db.execute(f"SET lock_timeout = '{self._lock_timeout_ms}ms'")
         db.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'")
         return db
 
@@ -123,7 +141,8 @@ class PostgresStore(Store):
             raise RuntimeError("the store is closed")
         if self._db.closed:
             log.warning("store.reconnecting", url=self.shown)
-            self._db = self._connect()
+            with self._unavailable_if_passing():  # the server is not back yet: a failure that passes
+                self._db = self._connect()
         return self._db
 
     def _migrate(self) -> None:
@@ -148,6 +167,23 @@ class PostgresStore(Store):
             log.info("store.migrated", url=self.shown, schema_version=version + 1)
 
     @contextmanager
+    def _unavailable_if_passing(self, committing: bool = False) -> Iterator[None]:
+        """psycopg's errors that pass as StoreUnavailable; at COMMIT only a certain rollback (a deadlock or
+        a serialization failure), since a commit whose connection was lost may have happened."""
+        try:
+            yield
+        except psycopg.OperationalError as error:
+            state = error.sqlstate
+            if committing:
+                passing = state is not None and state.startswith("40")
+            else:
+                passing = state is None or state[:2] in _PASSING_CLASSES or state == _LOCK_NOT_AVAILABLE
+            if not passing:
+                raise
+            log.warning("store.unavailable", url=self.shown, sqlstate=state, error=str(error).strip())
+            raise StoreUnavailable(f"PostgreSQL: {type(error).__name__}" + (f" ({state})" if state else "")) from error
+
+    @contextmanager
     def transaction(self, job: str | None = None) -> Iterator[None]:
         db = self._connection()
         if db.info.transaction_status != TransactionStatus.IDLE:
@@ -155,13 +191,14 @@ class PostgresStore(Store):
                 self._lock_job(job)
             yield
             return
-        try:
-            db.execute("BEGIN")
-        except psycopg.OperationalError:
-            if not db.closed:
-                raise
-            db = self._connection()  # the server went away since the last call: nothing was sent yet
-            db.execute("BEGIN")
+        with self._unavailable_if_passing():
+            try:
+                db.execute("BEGIN")
+            except psycopg.OperationalError:
+                if not db.closed:
+                    raise
+                db = self._connection()  # the server went away since the last call: nothing was sent yet
+                db.execute("BEGIN")
         self._appending = False
         try:
             if job is not None:
@@ -172,7 +209,8 @@ class PostgresStore(Store):
             raise
         started = time.perf_counter()
         try:
-            db.execute("COMMIT")
+            with self._unavailable_if_passing(committing=True):
+                db.execute("COMMIT")
         finally:
             self._appending = False
         if self.on_commit is not None:
@@ -203,11 +241,12 @@ class PostgresStore(Store):
         return translated
 
     def _execute(self, query: str, params: tuple = ()):
-        return self._connection().execute(self._sql(query), _text_safe(params), binary=True)
+        with self._unavailable_if_passing():
+            return self._connection().execute(self._sql(query), _text_safe(params), binary=True)
 
     def _executemany(self, query: str, rows: list[tuple]) -> None:
         if rows:
-            with self._connection().cursor(binary=True) as cursor:
+            with self._unavailable_if_passing(), self._connection().cursor(binary=True) as cursor:
                 cursor.executemany(self._sql(query), [_text_safe(row) for row in rows])
 
     def _insert_id(self, query: str, params: tuple, column: str) -> int:

@@ -25,12 +25,24 @@ from narset.contract.stages import LIVE_STAGES, OCCUPYING_STAGES
 from narset.store.migrations import MIGRATIONS
 from narset.v1 import command_pb2, job_pb2, operator_service_pb2, telemetry_pb2
 
-__all__ = ["Store"]
+__all__ = ["LOCK_TIMEOUT_S", "Store", "StoreUnavailable"]
 
 log = structlog.get_logger("narset.store")
 
 M = TypeVar("M", bound=Message)
 S = TypeVar("S", bound="Store")
+
+
+# The longest a statement waits for a lock before its call fails with StoreUnavailable (PostgreSQL's
+# lock_timeout): a job's lock is held for one short transaction, and a replica waits on its event loop,
+# health checks included, so a wait this long means a stuck holder, not a busy one.
+LOCK_TIMEOUT_S = 2.0
+
+
+class StoreUnavailable(RuntimeError):
+    """The store could not complete a call for a reason that passes: a lock wait past the lock timeout, a
+    deadlock, a lost connection, a server shutting down or failing over. The call's transaction was
+    rolled back, nothing changed, and the same call may be made again (here, or on another replica)."""
 
 
 def _in(values: Iterable[int]) -> str:

@@ -34,9 +34,10 @@ class OperatorServiceStub:
     - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
     - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
     Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
-    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for
-    a request over the server's message limit (gRPC refuses it unread), and INTERNAL, a fault of Narset
-    itself (a generic message; the server logs it with its traceback).
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE (but for STORE_UNAVAILABLE, below),
+    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses
+    it unread), and INTERNAL, a fault of Narset itself (a generic message; the server logs it with its
+    traceback).
 
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
     128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
@@ -74,6 +75,8 @@ class OperatorServiceStub:
     - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
     - ANSWER_TOO_LARGE (RESOURCE_EXHAUSTED): the answer would exceed the message limit (4 MiB, the
     server's max_message_bytes if lower) and cannot be paged; nothing changed.
+    - STORE_UNAVAILABLE (UNAVAILABLE): the store could not complete the call now (on PostgreSQL: a lock
+    held past lock_timeout, a deadlock, a lost connection, a failover); nothing changed: call again.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
     metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Under mutual TLS, a
@@ -181,9 +184,10 @@ class OperatorServiceServicer:
     - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
     - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
     Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
-    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for
-    a request over the server's message limit (gRPC refuses it unread), and INTERNAL, a fault of Narset
-    itself (a generic message; the server logs it with its traceback).
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE (but for STORE_UNAVAILABLE, below),
+    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses
+    it unread), and INTERNAL, a fault of Narset itself (a generic message; the server logs it with its
+    traceback).
 
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
     128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
@@ -221,6 +225,8 @@ class OperatorServiceServicer:
     - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
     - ANSWER_TOO_LARGE (RESOURCE_EXHAUSTED): the answer would exceed the message limit (4 MiB, the
     server's max_message_bytes if lower) and cannot be paged; nothing changed.
+    - STORE_UNAVAILABLE (UNAVAILABLE): the store could not complete the call now (on PostgreSQL: a lock
+    held past lock_timeout, a deadlock, a lost connection, a failover); nothing changed: call again.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
     metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Under mutual TLS, a
@@ -420,9 +426,10 @@ class OperatorService:
     - google.rpc.ErrorInfo: reason = a stable code below, domain = "narset", metadata = {"field": <field>};
     - google.rpc.BadRequest: a FieldViolation(field, description) per bad field, the ErrorInfo field first.
     Programs decide on ErrorInfo.reason, never on the message; each reason always comes with the same
-    status code. Other errors carry no ErrorInfo: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for
-    a request over the server's message limit (gRPC refuses it unread), and INTERNAL, a fault of Narset
-    itself (a generic message; the server logs it with its traceback).
+    status code. Other errors carry no ErrorInfo: UNAVAILABLE (but for STORE_UNAVAILABLE, below),
+    DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED for a request over the server's message limit (gRPC refuses
+    it unread), and INTERNAL, a fault of Narset itself (a generic message; the server logs it with its
+    traceback).
 
     Limits (narset/contract/limits.py), checked on every request before anything else: ids of at most
     128 characters, job ids of at most 96 (Narset builds ids from them, e.g. "auto.<job>.b<N>");
@@ -460,6 +467,8 @@ class OperatorService:
     - BUDGET_EXCEEDED (RESOURCE_EXHAUSTED): the job's or the region's live scaffold budget is full.
     - ANSWER_TOO_LARGE (RESOURCE_EXHAUSTED): the answer would exceed the message limit (4 MiB, the
     server's max_message_bytes if lower) and cannot be paged; nothing changed.
+    - STORE_UNAVAILABLE (UNAVAILABLE): the store could not complete the call now (on PostgreSQL: a lock
+    held past lock_timeout, a deadlock, a lost connection, a failover); nothing changed: call again.
 
     Identity. With tokens configured on the server, every call carries "authorization: Bearer <token>"
     metadata; a token has a role (admin, operator, viewer, worker) and job patterns. Under mutual TLS, a
