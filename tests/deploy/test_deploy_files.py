@@ -88,3 +88,17 @@ def test_compose_runs_narset_with_a_worker_token_and_the_job_after_it_is_healthy
     assert [t.role for t in settings.tokens] == ["worker"] and settings.insecure
     assert train["depends_on"]["narset"]["condition"] == "service_healthy"
     assert "narset:50051" in train["command"]
+
+
+def test_a_lock_wait_freezes_the_whole_replica_health_checks_included(tmp_path):
+    """A replica waits for a store lock on its event loop, its health checks with it: the replicated settings'
+    lock timeout ends that wait before either probe gives up (it was a fixed 30 s against 4 s probes)."""
+    (config_map,) = _documents(DEPLOY / "k8s" / "configmap.yaml")
+    path = tmp_path / "narset-postgres.toml"
+    path.write_text(config_map["data"]["narset-postgres.toml"])
+    lock_timeout_s = load_settings(path).postgres_lock_timeout_s
+    container = _documents(DEPLOY / "k8s" / "deployment.yaml")[0]["spec"]["template"]["spec"]["containers"][0]
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        command = probe["exec"]["command"]
+        client_timeout_s = float(command[command.index("--timeout") + 1])
+        assert lock_timeout_s < client_timeout_s <= probe["timeoutSeconds"]
