@@ -205,12 +205,14 @@ class Breakers:
         recorded = self.ring.record(loss)
         self._loss_alive.mul_(recorded <= self._limits)
         self._passed.add_(self._alive)
-        if self._found_inf is not None:
-            self._found_inf.logical_or_(recorded.isnan())
         if self._start is None:
             self._start = step
         if loss.grad_fn is None:
+            # Observed after its own step: that step is past, so nothing is flagged for the next one.
             self._cut()
+            return
+        if self._found_inf is not None:
+            self._found_inf.logical_or_(recorded.isnan())
 
     @torch.no_grad()
     def before_step(self) -> None:

@@ -207,6 +207,32 @@ def test_grad_scaler_overflow_on_a_fused_optimiser_is_no_seed_fault():
     assert not summary.events and "local-1" in worker.scaffolds
 
 
+def test_a_loss_recorded_after_its_step_flags_no_later_step():
+    """A trainer integration records each step's loss after that step (`end_step`, detached): a non-finite one
+    cuts the scaffold, and the fused optimiser's next, healthy step still updates the host."""
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    worker = KasminaWorker(model, optimizer, job="after-step")
+    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, policy=schedule(warmup_ckpts=1, hold_ckpts=5)))
+    worker.checkpoint(step=0)
+    host = worker.scaffolds["local-1"].host.weight
+    changed = []
+    for step in range(5):
+        x, y = batch(step, (8, 12), 6)
+        loss = F.mse_loss(worker.model(x), y)
+        loss = loss * float("nan") if step == 3 else loss
+        optimizer.zero_grad()
+        loss.backward()
+        before = host.detach().clone()
+        optimizer.step()
+        worker.end_step(loss.detach())
+        changed.append(not torch.equal(before, host))
+    # The NaN step is skipped on device (its seed gradients are non-finite), the next one is not.
+    assert changed == [True, True, True, False, True] and bool(host.isfinite().all())
+    assert float(worker.scaffolds["local-1"].alpha) == 0.0
+
+
 def test_loss_spike_cuts_every_live_scaffold():
     """A step loss far above the window mean cuts alpha at that step's optimiser step and prunes at the boundary."""
     model, optimizer, worker = _worker(config=WorkerConfig(breakers=BreakerConfig(spike_factor=5.0)))
