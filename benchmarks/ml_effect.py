@@ -137,7 +137,7 @@ FULL_TASKS = (
         steps_per_boundary=20,
         intervals=30,
         hosts=("conv1", "conv2"),
-        base_lr_seeds=5,
+        base_lr_seeds=15,
     ),
     TaskConfig(
         name="char-lm",
