@@ -445,10 +445,13 @@ class KasminaWorker:
         )
 
     def close(self) -> None:
-        """Detach from Narset and stop the link process (bounded); safe twice, a no-op in local mode."""
+        """Detach from Narset and stop the link process (bounded), and take the worker's hooks off the
+        optimiser (a closed worker guards and schedules nothing); safe twice."""
         close = getattr(self._transport, "close", None)
         if close is not None:
             close()
+        self._breakers.release()
+        self._runtime.rates.release()
 
     def __enter__(self) -> KasminaWorker:
         return self

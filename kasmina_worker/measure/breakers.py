@@ -156,10 +156,19 @@ class Breakers:
         self._optimizer = optimizer
         self._local = local
         self._theirs: torch.Tensor | None = None
+        self._hooks = []
         if optimizer is not None:
-            optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: self.before_step())
-            optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self._after_step())
+            self._hooks = [
+                optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: self.before_step()),
+                optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self._after_step()),
+            ]
         self.arm([])
+
+    def release(self) -> None:
+        """Remove the hooks from the optimiser (the worker is closed): a later worker on it guards alone."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     def arm(self, watches: Sequence[Watch]) -> None:
         """Watch these scaffolds from the next step on, with every trip cleared."""

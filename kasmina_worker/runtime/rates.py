@@ -52,9 +52,17 @@ class SeedRates:
         self.schedulers: list[LRScheduler] = []
         self._scales: dict[str, tuple[nn.Module, float]] = {}
         self._links: list[_Link] = []
-        optimizer.register_step_pre_hook(self._before_step)
-        # `optimizer.load_state_dict` replaces the group dicts the links hold.
-        optimizer.register_load_state_dict_post_hook(lambda _optimizer: self.relink())
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._before_step),
+            # `optimizer.load_state_dict` replaces the group dicts the links hold.
+            optimizer.register_load_state_dict_post_hook(lambda _optimizer: self.relink()),
+        ]
+
+    def release(self) -> None:
+        """Remove this object's hooks from the optimiser (the worker is closed); safe twice."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     def attach(self, scheduler: LRScheduler) -> None:
         """Keep `scheduler`'s per-group lists in step from now on (it must drive this optimiser)."""

@@ -344,3 +344,24 @@ def test_spike_breaker_judges_a_negative_loss_by_its_distance_from_the_mean():
         breakers.observe(torch.tensor(-3.0), step)
     breakers.observe(torch.tensor(30.0), 20)
     assert float(alpha) == 0.0 and breakers.settle() == (Trip(TRIP_LOSS_SPIKE, 20), [Trip()])
+
+
+def test_a_closed_worker_leaves_the_optimiser_without_its_hooks():
+    """Closing a worker removes its optimiser hooks (breakers, seed rates), so a fresh worker on the same optimiser
+    (a resume in the same process) guards and schedules alone; closing twice is safe."""
+    model = MLP()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def hooks() -> tuple[int, int, int]:
+        return (
+            len(optimizer._optimizer_step_pre_hooks),
+            len(optimizer._optimizer_step_post_hooks),
+            len(optimizer._optimizer_load_state_dict_post_hooks),
+        )
+
+    before = hooks()
+    worker = KasminaWorker(model, optimizer, job="closing")
+    assert hooks() != before
+    worker.close()
+    worker.close()
+    assert hooks() == before
