@@ -194,6 +194,7 @@ class Breakers:
         self._skips = bool(watches) and _skips_on_device(self._optimizer)
         self._found_inf = torch.zeros((), dtype=torch.float32, device=self.device) if self._skips else None
         self._start: int | None = None
+        self._step_due = False  # a loss with a graph was observed and no optimiser step has run since
 
     @property
     def armed(self) -> bool:
@@ -204,7 +205,9 @@ class Breakers:
 
         Steps are observed one after another while armed. The cut lands at the optimiser step that
         follows (`before_step`: alpha is saved for this step's backward), or at once for a loss without
-        a graph (one observed after its backward and step).
+        a graph (one observed after its backward and step). When the last observed step's optimiser step
+        never ran (a GradScaler skips it after an overflow, and the pre-hook with it), this loss's backward
+        cuts when it is done.
         """
         if self.ring.steps >= self.config.min_history and not math.isinf(self.config.spike_factor):
             # From the mean of the window before this loss; an all-NaN window has none: no limit then.
@@ -220,6 +223,9 @@ class Breakers:
             # Observed after its own step: that step is past, so nothing is flagged for the next one.
             self._cut()
             return
+        if self._step_due:
+            loss.grad_fn.register_prehook(self._cut_after_backward)
+        self._step_due = True
         if self._found_inf is not None:
             self._found_inf.logical_or_(recorded.isnan())
 
@@ -227,6 +233,7 @@ class Breakers:
     def before_step(self) -> None:
         """Judge every watched seed's parameters and gradients, cut the non-finite ones, and make every
         seed tensor finite; with an on-device-skipping optimiser, flag a non-finite step. No sync."""
+        self._step_due = False
         if not self._owners:
             return
         # A parameter that got no gradient stands in for its own gradient row (a second check of it).
@@ -264,6 +271,11 @@ class Breakers:
             self._optimizer.found_inf = self._theirs
         self._theirs = None
         self._found_inf.zero_()
+
+    def _cut_after_backward(self, grad_outputs: tuple[torch.Tensor, ...]) -> None:
+        # A pre-hook on the loss's node runs as its backward starts; the cut is queued for its end, when no
+        # graph still needs alpha as saved.
+        torch.autograd.Variable._execution_engine.queue_callback(self._cut)
 
     def _cut(self) -> None:
         """alpha *= 0 where a breaker has tripped (a no-op multiply by 1 elsewhere)."""

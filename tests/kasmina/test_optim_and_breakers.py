@@ -207,6 +207,32 @@ def test_grad_scaler_overflow_on_a_fused_optimiser_is_no_seed_fault():
     assert not summary.events and "local-1" in worker.scaffolds
 
 
+def test_a_non_finite_loss_cuts_even_when_a_grad_scaler_skips_the_step():
+    """Non-fused Adam under a GradScaler and a loss that stays non-finite: the scaler skips every step, and the
+    optimiser's pre-hook with it, yet the scaffold is cut after the next step's backward (not at the boundary)."""
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    worker = KasminaWorker(model, optimizer, job="skipped")
+    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, policy=schedule(warmup_ckpts=1, hold_ckpts=5)))
+    worker.checkpoint(step=0)
+    scaffold = worker.scaffolds["local-1"]
+    scaler = torch.amp.GradScaler("cpu")
+    alphas = []
+    for step in range(8):
+        x, y = batch(step, (8, 12), 6)
+        loss = F.mse_loss(worker.model(x), y)
+        loss = worker.step_loss(loss * float("inf") if step >= 5 else loss)  # from step 5 every step overflows
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        alphas.append(float(scaffold.alpha))
+    assert alphas == [0.5] * 6 + [0.0] * 2
+    worker.checkpoint(step=8)
+    assert "local-1" not in worker.scaffolds  # pruned at the boundary, exact at alpha 0
+
+
 def test_a_loss_recorded_after_its_step_flags_no_later_step():
     """A trainer integration records each step's loss after that step (`end_step`, detached): a non-finite one
     cuts the scaffold, and the fused optimiser's next, healthy step still updates the host."""
