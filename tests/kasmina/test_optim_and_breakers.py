@@ -113,16 +113,22 @@ def _host_snapshot(model, optimizer) -> list[torch.Tensor]:
     return [t.clone() for p in host for t in (p, *optimizer.state[p].values())]
 
 
+def _live_lora(make_optimizer, job: str) -> tuple[MLP, torch.optim.Optimizer, KasminaWorker]:
+    """A seeded MLP whose fc1 carries a live rank-2 LoRA at alpha 0.5 (applied at boundary 1)."""
+    torch.manual_seed(0)
+    model = MLP()
+    optimizer = make_optimizer(model.parameters())
+    worker = KasminaWorker(model, optimizer, job=job)
+    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, policy=schedule(warmup_ckpts=1, hold_ckpts=5)))
+    worker.checkpoint(step=0)
+    return model, optimizer, worker
+
+
 def test_nan_in_live_seed_is_cut_then_pruned_and_host_never_sees_it():
     """NaN written into a live seed mid-interval (fused Adam): that step's update is skipped on device, so every host
     parameter and its Adam state stay bit-identical; from the next forward alpha is 0, the seed finite and the site
     output exactly the host's; training goes on finite and the next boundary prunes with the step of the NaN."""
-    torch.manual_seed(0)
-    model = MLP()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
-    worker = KasminaWorker(model, optimizer, job="opt")
-    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, policy=schedule(warmup_ckpts=1, hold_ckpts=5)))
-    worker.checkpoint(step=0)
+    model, optimizer, worker = _live_lora(lambda params: torch.optim.Adam(params, lr=1e-2, fused=True), job="opt")
     scaffold = worker.scaffolds["local-1"]
     train(worker, optimizer, steps=3)
     assert float(scaffold.alpha) == 0.5
@@ -185,12 +191,7 @@ def test_non_finite_seed_gradient_never_reaches_a_parameter():
 def test_grad_scaler_overflow_on_a_fused_optimiser_is_no_seed_fault():
     """Fused Adam under a GradScaler whose scale overflows the gradients: the scaler skips those steps and lowers
     its scale, no seed is cut or pruned, and the seed trains once the scale fits."""
-    torch.manual_seed(0)
-    model = MLP()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
-    worker = KasminaWorker(model, optimizer, job="amp")
-    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, policy=schedule(warmup_ckpts=1, hold_ckpts=5)))
-    worker.checkpoint(step=0)
+    model, optimizer, worker = _live_lora(lambda params: torch.optim.Adam(params, lr=1e-2, fused=True), job="amp")
     scaffold = worker.scaffolds["local-1"]
     seed_b = scaffold.seed.b.detach().clone()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
@@ -210,12 +211,7 @@ def test_grad_scaler_overflow_on_a_fused_optimiser_is_no_seed_fault():
 def test_a_non_finite_loss_cuts_even_when_a_grad_scaler_skips_the_step():
     """Non-fused Adam under a GradScaler and a loss that stays non-finite: the scaler skips every step, and the
     optimiser's pre-hook with it, yet the scaffold is cut after the next step's backward (not at the boundary)."""
-    torch.manual_seed(0)
-    model = MLP()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    worker = KasminaWorker(model, optimizer, job="skipped")
-    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, policy=schedule(warmup_ckpts=1, hold_ckpts=5)))
-    worker.checkpoint(step=0)
+    model, optimizer, worker = _live_lora(lambda params: torch.optim.Adam(params, lr=1e-2), job="skipped")
     scaffold = worker.scaffolds["local-1"]
     scaler = torch.amp.GradScaler("cpu")
     alphas = []
@@ -236,12 +232,9 @@ def test_a_non_finite_loss_cuts_even_when_a_grad_scaler_skips_the_step():
 def test_a_loss_recorded_after_its_step_flags_no_later_step():
     """A trainer integration records each step's loss after that step (`end_step`, detached): a non-finite one
     cuts the scaffold, and the fused optimiser's next, healthy step still updates the host."""
-    torch.manual_seed(0)
-    model = MLP()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
-    worker = KasminaWorker(model, optimizer, job="after-step")
-    worker.submit(deploy("fc1", "lora", blueprint_params={"rank": 2}, policy=schedule(warmup_ckpts=1, hold_ckpts=5)))
-    worker.checkpoint(step=0)
+    model, optimizer, worker = _live_lora(
+        lambda params: torch.optim.AdamW(params, lr=1e-2, fused=True), job="after-step"
+    )
     host = worker.scaffolds["local-1"].host.weight
     changed = []
     for step in range(5):
