@@ -44,9 +44,25 @@ def run_torchrun(script: str, out: Path, *args: str, nproc: int = 2, timeout: fl
     """Launch `script` under torchrun with `--out out`; returns the JSON rank 0 wrote."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     command = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(HERE / script), "--out", str(out)]
-    done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
+    with subprocess.Popen([*command, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as job:
+        try:
+            stdout, stderr = job.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop_torchrun(job)
+            raise
+    assert job.returncode == 0, f"{script} failed ({job.returncode}):\n{stdout[-4000:]}\n{stderr[-8000:]}"
     return json.loads(out.read_text())
+
+
+def _stop_torchrun(job: subprocess.Popen) -> None:
+    """End a torchrun and its ranks: SIGTERM, which torchrun passes on to the ranks it started (each in a session
+    of its own, so a SIGKILL of torchrun alone leaves them running), then SIGKILL if it does not end."""
+    job.terminate()
+    try:
+        job.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        job.wait()
 
 
 def batch(step: int, rank: int, rows: int = 4, d_in: int = 12, d_out: int = 6) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,8 +76,9 @@ def test_two_rank_job_applies_cli_deploy_and_fold_once_on_both_ranks(narset_serv
         assert job.wait(timeout=120) == 0, job.stderr.read()[-4000:]
     finally:
         if job.poll() is None:
-            job.kill()
-            job.wait()
+            # SIGTERM, which torchrun passes on to its ranks (a SIGKILL of torchrun alone leaves them running).
+            job.terminate()
+            job.wait(timeout=60)
     result = json.loads(out.read_text())
     assert result["applied_by_rank"] == [["d1", "f1"], ["d1", "f1"]]
     assert result["scaffolds"] == []
