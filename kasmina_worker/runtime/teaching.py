@@ -6,7 +6,7 @@ Directions by stage (docs/design.md, section 4):
   output, the blend at the current alpha `lerp(h, s, alpha)`, detached. The teacher moves with
   the student, so this is a push along the seed's contribution `alpha·(s − h)` on every step, with
   no fixed point while alpha > 0; it fades as alpha reaches the floor. Its cost is measured in
-  docs/kasmina.md ("Teaching"): opt-in, since the task loss alone weans a jointly trained host,
+  docs/kasmina.md ("Teaching losses"): opt-in, since the task loss alone weans a jointly trained host,
   and no built-in policy sets a teaching weight.
 * Other stages: no teaching.
 
