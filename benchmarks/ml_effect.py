@@ -77,10 +77,6 @@ class TaskConfig:
     the task's cost allows."""
 
     @property
-    def steps(self) -> int:
-        return self.steps_per_boundary * self.intervals
-
-    @property
     def last_boundary(self) -> int:
         return self.intervals + 1
 
