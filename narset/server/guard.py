@@ -178,13 +178,22 @@ class Guard(grpc.aio.ServerInterceptor):
         except Exception:
             log.exception("audit.failed", rpc=call.method)
 
-    async def _refuse(self, call: AuditedCall, context, refusal: Refusal) -> None:
+    def _done(self, call: AuditedCall, code: grpc.StatusCode, started: float) -> None:
+        """Count a finished call (its duration from `started`, a `perf_counter`)."""
+        self._metrics.rpc_done(call.method, code, time.perf_counter() - started)
+
+    async def _refuse(self, call: AuditedCall, context, error: Refusal | StoreUnavailable, started: float) -> None:
+        """Count, audit and answer a refused call; counted before the abort (the status reaches the
+        client as the abort is awaited)."""
+        refusal = _refusal(error)
+        self._done(call, refusal.status, started)
         self._metrics.refusals.labels(refusal.reason).inc()
         self._audit(call, refusal.status.name, refusal)
         await abort_refused(context, call.method, refusal)
 
-    async def _fail(self, call: AuditedCall, context) -> None:
+    async def _fail(self, call: AuditedCall, context, started: float) -> None:
         """Answer INTERNAL for a fault of Narset itself; call from an `except` block (the log has its traceback)."""
+        self._done(call, grpc.StatusCode.INTERNAL, started)
         log.exception("request.failed", rpc=call.method, peer=call.peer)
         self._audit(call, grpc.StatusCode.INTERNAL.name)
         await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
@@ -196,21 +205,17 @@ class Guard(grpc.aio.ServerInterceptor):
             try:
                 return self._run(call, behavior, self._admit(call, method, raw, context), context)
             except (Refusal, StoreUnavailable) as error:
-                refusal = _refusal(error)
-                # Counted before the abort: the status reaches the client as the abort is awaited.
-                self._metrics.rpc_done(method.name, refusal.status, time.perf_counter() - started)
                 code = None
-                await self._refuse(call, context, refusal)
+                await self._refuse(call, context, error, started)
             except grpc.aio.AbortError:
                 code = context.code()  # the status the method aborted with
                 raise
             except Exception:
-                self._metrics.rpc_done(method.name, grpc.StatusCode.INTERNAL, time.perf_counter() - started)
                 code = None
-                await self._fail(call, context)
+                await self._fail(call, context, started)
             finally:
                 if code is not None:
-                    self._metrics.rpc_done(method.name, code, time.perf_counter() - started)
+                    self._done(call, code, started)
 
         return guarded
 
@@ -222,11 +227,8 @@ class Guard(grpc.aio.ServerInterceptor):
                 async for response in behavior(self._admit(call, method, raw, context), context):
                     yield self._fitting(response)
             except (Refusal, StoreUnavailable) as error:
-                refusal = _refusal(error)
-                # Counted before the abort: the status reaches the client as the abort is awaited.
-                self._metrics.rpc_done(method.name, refusal.status, time.perf_counter() - started)
                 code = None
-                await self._refuse(call, context, refusal)
+                await self._refuse(call, context, error, started)
             except grpc.aio.AbortError:
                 code = context.code()  # the status the method aborted with
                 raise
@@ -234,11 +236,10 @@ class Guard(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.CANCELLED  # the client went away (a watch stream ends so)
                 raise
             except Exception:
-                self._metrics.rpc_done(method.name, grpc.StatusCode.INTERNAL, time.perf_counter() - started)
                 code = None
-                await self._fail(call, context)
+                await self._fail(call, context, started)
             finally:
                 if code is not None:
-                    self._metrics.rpc_done(method.name, code, time.perf_counter() - started)
+                    self._done(call, code, started)
 
         return guarded
