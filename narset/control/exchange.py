@@ -150,7 +150,7 @@ class Exchange:
         events: EventHub,
         decisions: DecisionEngine,
         tactical: TacticalPolicy,
-        command_bytes: int = MAX_MESSAGE_BYTES // 2,
+        message_limit: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self._store = store
         self._events = events
@@ -159,7 +159,7 @@ class Exchange:
         self._blueprints = BlueprintCatalogue(store)
         # Encoded bytes of commands one report's answer carries (half the message limit: room for the
         # decisions); the rest wait, in order, for the next boundaries.
-        self._command_bytes = command_bytes
+        self._command_bytes = message_limit // 2
 
     def _session_job(self, job_id: str, session_id: str, field: str) -> job_pb2.Job:
         """The job whose current session `session_id` (the worker credential) is; refused otherwise."""

@@ -94,12 +94,12 @@ class NarsetServer:
         )
         ledger = CommandLedger(store, events)
         exchange = Exchange(
-            store, events, DecisionEngine(store, ledger, events), TacticalPolicy(store, ledger, events), limit // 2
+            store, events, DecisionEngine(store, ledger, events), TacticalPolicy(store, ledger, events), limit
         )
         worker_service = WorkerService(exchange, self.settings.stale_session_s, metrics)
         worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(worker_service, server)
         operator_service_pb2_grpc.add_OperatorServiceServicer_to_server(
-            OperatorService(store, ledger, events, limit - 1024), server
+            OperatorService(store, ledger, events, limit), server
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -50,7 +50,7 @@ def _page(items: Sequence[M], budget: int) -> list[M]:
 
 class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
     def __init__(
-        self, store: Store, ledger: CommandLedger, events: EventHub, page_bytes: int = MAX_MESSAGE_BYTES - 1024
+        self, store: Store, ledger: CommandLedger, events: EventHub, message_limit: int = MAX_MESSAGE_BYTES
     ) -> None:
         self._store = store
         self._ledger = ledger
@@ -58,7 +58,7 @@ class OperatorService(operator_service_pb2_grpc.OperatorServiceServicer):
         self._blueprints = BlueprintCatalogue(store)
         # Bytes of entries one page of ListJobs or ListCommands carries: the message limit, less room
         # for the rest of the answer.
-        self._page_bytes = page_bytes
+        self._page_bytes = message_limit - 1024
 
     def _job(self, job_id: str) -> job_pb2.Job:
         if not job_id:
