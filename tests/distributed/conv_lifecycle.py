@@ -4,7 +4,6 @@ deployed, trained on each rank's own images, folded, rolled back and folded agai
 from __future__ import annotations
 
 import argparse
-import hashlib
 
 import torch
 import torch.distributed as dist
@@ -12,6 +11,9 @@ import torch.nn.functional as F
 from dist_testing import (
     all_ranks_equal,
     deploy,
+    digest,
+    eval_outputs,
+    full,
     max_rel_err,
     module_tensors,
     on,
@@ -23,7 +25,6 @@ from kasmina_testing import IMAGE, ConvNet
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from kasmina_worker import KasminaWorker
@@ -49,29 +50,9 @@ def images(step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(*IMAGE, generator=g) * 2 + 0.5, torch.randn(IMAGE[0], 6, generator=g)
 
 
-def full(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
 def state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer (seed BatchNorm statistics included) as a full tensor; collective under FSDP2."""
     return {name: full(t).detach() for name, t in module_tensors(model).items()}
-
-
-def digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name, t in tensors.items():
-        h.update(name.encode())
-        h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-@torch.no_grad()
-def eval_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    y = model(x)
-    model.train()
-    return y
 
 
 def seed_statistics_differ(worker: KasminaWorker) -> bool:
@@ -113,7 +94,7 @@ def main() -> None:
                 worker.submit(command)
         result["differ_before"][str(b)] = seed_statistics_differ(worker)
         if b == 5:
-            result["host_before_fold"] = digest(state(model.conv.host))
+            result["host_before_fold"] = digest(module_tensors(model.conv.host).items())
         y_before = eval_outputs(model, probe_x)
         summary = worker.checkpoint(step=step)
         assert all(r.outcome == telemetry_pb2.COMMAND_OUTCOME_APPLIED for r in summary.results), summary.results
@@ -123,7 +104,7 @@ def main() -> None:
             result["parity"][str(b)] = max_rel_err(eval_outputs(model, probe_x), y_before)
             result["measured_parity"][str(b)] = [summary.gates[sid].foldability for sid in FOLDS[b]]
         if b == 6:
-            result["rollback_exact"] = digest(state(model.conv.host)) == result.pop("host_before_fold")
+            result["rollback_exact"] = digest(module_tensors(model.conv.host).items()) == result.pop("host_before_fold")
         for _ in range(STEPS):
             x, y = images(step, rank)
             loss = worker.step_loss(F.mse_loss(worker.model(x), y))

@@ -6,16 +6,19 @@ goes and rank 0 writes its measurements to a JSON file that the pytest test read
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401  (before init_process_group; see release_process_group)
+from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kasmina"))
 from kasmina_testing import MLP, deploy, max_rel_err, on, schedule  # noqa: E402
@@ -27,6 +30,9 @@ __all__ = [
     "all_ranks_equal",
     "batch",
     "deploy",
+    "digest",
+    "eval_outputs",
+    "full",
     "max_rel_err",
     "module_tensors",
     "on",
@@ -75,6 +81,29 @@ def module_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and buffer by its name in the module tree: live seeds and alpha included, which
     `state_dict()` leaves to the worker's state."""
     return dict(itertools.chain(model.named_parameters(), model.named_buffers()))
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a DTensor's gathered (a collective), any other as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 of the named tensors' full values, names included; a collective for DTensors."""
+    h = hashlib.sha256()
+    for name, t in named:
+        h.update(name.encode())
+        h.update(full(t).detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def eval_outputs(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's outputs on `x` in eval mode, then back to train mode."""
+    model.eval()
+    y = model(x)
+    model.train()
+    return y
 
 
 def all_ranks_equal(tensors: dict[str, torch.Tensor]) -> list[str]:

@@ -4,12 +4,22 @@ fold, with DCP save at a boundary; `--resume` continues from that save in fresh 
 from __future__ import annotations
 
 import argparse
-import hashlib
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from dist_testing import MLP, batch, deploy, max_rel_err, on, release_process_group, schedule, write_result
+from dist_testing import (
+    MLP,
+    batch,
+    deploy,
+    digest,
+    eval_outputs,
+    max_rel_err,
+    on,
+    release_process_group,
+    schedule,
+    write_result,
+)
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -39,38 +49,18 @@ def make_wrap(mesh):
     return shard
 
 
-def full(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def digest(tensors) -> str:
-    h = hashlib.sha256()
-    for name, t in tensors:
-        h.update(name.encode())
-        h.update(full(t).detach().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-@torch.no_grad()
-def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    y = model(x)
-    model.train()
-    return y
-
-
 def run_boundary(b, worker, optimizer, model, probe_x, step, result, args) -> None:
     """Boundary `b`: submit its command (rank 0), checkpoint, measure fold parity and rollback, save."""
     rank = dist.get_rank()
     if rank == 0 and b in COMMANDS:
         worker.submit(COMMANDS[b])
-    y_before = outputs(model, probe_x)
+    y_before = eval_outputs(model, probe_x)
     if b == 7:
         result["host_before_fold"] = digest(model.fc1.host.named_parameters())
     summary = worker.checkpoint(step=step)
     assert all(r.outcome == telemetry_pb2.COMMAND_OUTCOME_APPLIED for r in summary.results), summary.results
     if b in (7, 9):
-        result["parity"][str(b)] = max_rel_err(outputs(model, probe_x), y_before)
+        result["parity"][str(b)] = max_rel_err(eval_outputs(model, probe_x), y_before)
         result.setdefault("fold_alpha", {})[str(b)] = next(s.alpha for s in summary.scaffolds)
     if b == 8:
         result["rollback_exact"] = digest(model.fc1.host.named_parameters()) == result.pop("host_before_fold")
