@@ -50,11 +50,7 @@ def seed_group_order(optimizer: torch.optim.Optimizer) -> list[str]:
 def reference_group(optimizer: torch.optim.Optimizer, host: nn.Module) -> int:
     """Index of the group holding the host's first parameter that has one; the first group when none
     has (a host the user keeps out of the optimiser)."""
-    for param in host.parameters():
-        for index, group in enumerate(optimizer.param_groups):
-            if any(p is param for p in group["params"]):
-                return index
-    return 0
+    return next((index for param in host.parameters() if (index := _index_of(optimizer, param)) is not None), 0)
 
 
 def seed_group_options(optimizer: torch.optim.Optimizer, reference: dict, scale: float) -> dict:
@@ -107,11 +103,16 @@ def _to_param_device(value, param: torch.Tensor):
     return value
 
 
-def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict | None:
-    for group in optimizer.param_groups:
+def _index_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> int | None:
+    for index, group in enumerate(optimizer.param_groups):
         if any(p is param for p in group["params"]):
-            return group
+            return index
     return None
+
+
+def _group_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict | None:
+    index = _index_of(optimizer, param)
+    return None if index is None else optimizer.param_groups[index]
 
 
 def replace_param(
